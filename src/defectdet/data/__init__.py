@@ -1,0 +1,6 @@
+"""The shared dataset layer: formats, validation, splitting, sampling, augmentation, torch Dataset."""
+
+from defectdet.data.catalog import Catalog
+from defectdet.data.problems import Problem, ProblemLog
+
+__all__ = ["Catalog", "Problem", "ProblemLog"]
