@@ -1,0 +1,36 @@
+# Set-up and everyday commands. Every target creates .venv and installs the package (with the
+# tested versions pinned in constraints.txt) when it is missing or out of date.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_RUN ?= runs/demo
+
+.PHONY: install test lint format demo bench clean docker-smoke
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,onnx]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+test: lint
+	$(VENV)/bin/python -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/defectdet analyze data_samples --plot $(DEMO_RUN)/analysis.png --json $(DEMO_RUN)/analysis.json
+
+bench: $(STAMP)
+	$(PY) benchmarks/analyze_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""A one-page picture of a dataset report: instances per class and box sizes per class.
+
+matplotlib is imported inside :func:`plot_report`, so ``analyze`` without ``--plot`` (and every
+other subcommand) does not pay for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from defectdet.io import atomic_open
+
+LOG_SCALE_RATIO = 20.0  # bars spanning more than this factor get a log y-axis
+BACKGROUND_LABEL = "images without defects"
+
+
+def _bar_panel(ax, report: dict) -> None:
+    """Instances per class, plus the background-only image count as a separate grey bar."""
+    names = [c["name"] for c in report["classes"]]
+    values = [c["instances"] for c in report["classes"]]
+    colors = ["tab:blue"] * len(values)
+    if report["num_background_images"]:
+        names.append(BACKGROUND_LABEL)
+        values.append(report["num_background_images"])
+        colors.append("tab:gray")
+    bars = ax.bar(range(len(values)), values, color=colors)
+    ax.bar_label(bars, labels=[str(v) for v in values], fontsize=8, padding=2)
+    ax.set_xticks(range(len(values)), names, rotation=45, ha="right", fontsize=8)
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > LOG_SCALE_RATIO:
+        ax.set_yscale("log")
+    ax.set_ylabel("instances (grey bar: images)")
+    ax.set_title("Instances per class")
+
+
+def _size_panel(ax, report: dict) -> None:
+    """Histogram of box sides (sqrt of area, px) per class, log-spaced bins."""
+    hist = report["box_size_histogram"]
+    edges = hist["bin_edges"]
+    if not edges:
+        ax.text(0.5, 0.5, "no boxes", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    for c, counts in zip(report["classes"], hist["counts"], strict=True):
+        if any(counts):
+            ax.stairs(counts, edges, label=c["name"], linewidth=1.5)
+    ax.set_xscale("log")
+    for side, label in ((32, "small|medium"), (96, "medium|large")):
+        if edges[0] < side < edges[-1]:
+            ax.axvline(side, color="0.6", linestyle=":", linewidth=1)
+            ax.text(
+                side,
+                1.0,
+                label,
+                transform=ax.get_xaxis_transform(),
+                fontsize=7,
+                ha="center",
+                va="bottom",
+                color="0.4",
+            )
+    ax.set_xlabel("box size: sqrt(area) in px")
+    ax.set_ylabel("boxes")
+    ax.set_title("Box sizes per class", pad=14)
+    if len(report["classes"]) <= 20:
+        ax.legend(fontsize=8)
+
+
+def plot_report(report: dict, path: str | Path) -> None:
+    """Write a PNG with the two panels to ``path``, atomically (temp file, then rename).
+
+    Uses a bare :class:`~matplotlib.figure.Figure`, which renders with the Agg canvas without
+    touching pyplot or the global backend: safe headless, in threads, and inside notebooks.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    ax_bar, ax_size = fig.subplots(1, 2)
+    _bar_panel(ax_bar, report)
+    _size_panel(ax_size, report)
+    fig.suptitle(
+        f"{report['num_images']} images, {report['num_annotations']} boxes, "
+        f"{report['num_background_images']} without defects"
+    )
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)

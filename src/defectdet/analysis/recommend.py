@@ -1,0 +1,285 @@
+"""Remedies for class imbalance: repeat factors, loss weights, and plain-language advice.
+
+The numbers here are shared with training: ``defectdet train --sampler repeat-factor`` uses
+:func:`repeat_factors` and ``--class-weights SPEC`` uses :func:`class_weights`, so what
+``defectdet analyze`` prints is exactly what training will do.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from defectdet.errors import ConfigError
+
+DEFAULT_REPEAT_THRESHOLD = 0.1
+DEFAULT_BETA = 0.999
+
+# Advice thresholds (images holding a class; imbalance ratio; shares of images or boxes).
+FEW_IMAGES = 10  # below this no remedy makes a detector reliable on the class
+SOME_IMAGES = 30  # below this per-class AP is noisy and the class stays fragile
+IMBALANCE_WORTH_FIXING = 5.0
+MOSTLY_BACKGROUND = 0.5
+SMALL_BOX_SHARE = 0.3
+
+
+# ---------------------------------------------------------------------------- sampling
+def repeat_factors(image_freq: np.ndarray, t: float) -> np.ndarray:
+    """LVIS repeat factors r(c) = max(1, sqrt(t / f(c))) (Gupta et al. 2019).
+
+    ``image_freq`` is the fraction of images that contain each class. A class in no image gets
+    1.0: there is no image to repeat, and a finite value keeps downstream arithmetic simple.
+    """
+    f = np.asarray(image_freq, dtype=np.float64)
+    out = np.ones_like(f)
+    present = f > 0
+    out[present] = np.maximum(1.0, np.sqrt(t / f[present]))
+    return out
+
+
+def choose_repeat_threshold(image_freq: np.ndarray) -> float:
+    """The repeat threshold ``t``: 0.1, lowered to the commonest class's image frequency when
+    even that class is in fewer than 10% of images.
+
+    With ``t`` = 0.1 and every class rarer than that (usual when most images are defect-free),
+    every defect image would be repeated and the factors would mostly re-weight defect vs.
+    background images, which ``--background-fraction`` does more directly. Capping ``t`` at the
+    commonest class keeps that class at factor 1, so the factors express only between-class
+    imbalance.
+    """
+    f = np.asarray(image_freq, dtype=np.float64)
+    f = f[f > 0]
+    if len(f) == 0:
+        return DEFAULT_REPEAT_THRESHOLD
+    return float(min(DEFAULT_REPEAT_THRESHOLD, f.max()))
+
+
+# ---------------------------------------------------------------------------- loss weights
+def _normalise(raw: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Zero the weights of absent classes; scale the rest to mean 1 (sum = classes present).
+
+    Mean 1 over the classes that occur keeps the loss on the same scale as unweighted training,
+    so the learning rate need not change.
+    """
+    present = np.asarray(counts) > 0
+    out = np.zeros(len(raw), dtype=np.float64)
+    if present.any():
+        out[present] = raw[present] * present.sum() / raw[present].sum()
+    return out
+
+
+def effective_number_weights(counts: np.ndarray, beta: float = DEFAULT_BETA) -> np.ndarray:
+    """Class-balanced weights (1 - β) / (1 - β^n) (Cui et al. 2019), normalised to mean 1 over
+    the classes with n > 0; classes with n = 0 get 0. β = 0 gives equal weights, β → 1 tends to
+    inverse frequency.
+    """
+    if not 0.0 <= beta < 1.0:
+        raise ConfigError(f"effective-number beta must be in [0, 1), got {beta}")
+    n = np.asarray(counts, dtype=np.float64)
+    present = n > 0
+    raw = np.zeros_like(n)
+    if beta == 0.0:
+        raw[present] = 1.0
+    else:
+        # 1 - β^n computed as -expm1(n log β): exact even when β^n is close to 1.
+        raw[present] = (1.0 - beta) / -np.expm1(n[present] * math.log(beta))
+    return _normalise(raw, n)
+
+
+def inverse_weights(counts: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Weights n^-power (power 0.5 = sqrt-inverse), normalised like the effective-number ones."""
+    n = np.asarray(counts, dtype=np.float64)
+    raw = np.zeros_like(n)
+    present = n > 0
+    raw[present] = n[present] ** -power
+    return _normalise(raw, n)
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--class-weights: {what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"--class-weights: {what} {text!r} is not a finite number")
+    return value
+
+
+def _manual_weights(spec: str, class_names: list[str]) -> np.ndarray:
+    """``name=W,name=W``: listed classes get W, the others 1.0."""
+    index = {name: i for i, name in enumerate(class_names)}
+    weights = np.ones(len(class_names), dtype=np.float64)
+    seen: set[str] = set()
+    for item in spec.split(","):
+        name, sep, value = item.strip().rpartition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--class-weights: expected name=WEIGHT, got {item.strip()!r}")
+        if name not in index:
+            valid = ", ".join(class_names) or "(none)"
+            raise ConfigError(f"--class-weights: unknown class {name!r}; classes are: {valid}")
+        if name in seen:
+            raise ConfigError(f"--class-weights: class {name!r} is given twice")
+        w = _number(value.strip(), f"weight of {name!r}")
+        if w < 0:
+            raise ConfigError(f"--class-weights: weight of {name!r} must be >= 0, got {w}")
+        seen.add(name)
+        weights[index[name]] = w
+    return weights
+
+
+def class_weights(spec: str, counts: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """Per-class loss weights from the ``--class-weights`` spec.
+
+    ``none`` (all 1) | ``inverse`` | ``sqrt-inverse`` | ``effective[:BETA]`` (default β 0.999) |
+    ``name=W,name=W,...`` (unlisted classes 1.0). Raises ConfigError on anything else.
+    """
+    counts = np.asarray(counts)
+    if len(counts) != len(class_names):
+        raise ValueError(f"{len(counts)} counts for {len(class_names)} classes")
+    text = (spec or "none").strip()
+    key, _, arg = text.partition(":")
+    key = key.strip().lower()
+    if key == "none" and not arg:
+        return np.ones(len(class_names), dtype=np.float64)
+    if key == "inverse" and not arg:
+        return inverse_weights(counts, 1.0)
+    if key == "sqrt-inverse" and not arg:
+        return inverse_weights(counts, 0.5)
+    if key == "effective":
+        beta = _number(arg.strip(), "beta") if arg.strip() else DEFAULT_BETA
+        return effective_number_weights(counts, beta)
+    if "=" in text:
+        return _manual_weights(text, class_names)
+    raise ConfigError(
+        f"--class-weights: {spec!r} is not one of none, inverse, sqrt-inverse, "
+        "effective[:BETA] or name=WEIGHT,..."
+    )
+
+
+# ---------------------------------------------------------------------------- advice
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _class_advice(report: dict) -> list[str]:
+    out = []
+    for c in report["classes"]:
+        name, n, m = c["name"], c["instances"], c["images"]
+        if m == 0:
+            out.append(
+                f"Class '{name}' has no annotations: it cannot be learned; annotate examples "
+                "or drop it from the class list"
+            )
+        elif m < FEW_IMAGES:
+            out.append(
+                f"Class '{name}' has {n} instances in {m} images: no sampling or loss remedy "
+                "will make a detector reliable on so few; collect more examples (aim for 50+)"
+            )
+        elif m < SOME_IMAGES:
+            out.append(
+                f"Class '{name}' has only {m} images: expect noisy per-class AP; the remedies "
+                "below help, but more examples help most"
+            )
+    return out
+
+
+def _imbalance_advice(report: dict) -> list[str]:
+    ratio = report.get("imbalance_ratio")
+    if ratio is None or ratio < IMBALANCE_WORTH_FIXING:
+        return []
+    t = report["repeat_threshold"]
+    if any(c["repeat_factor"] > 1.0 for c in report["classes"]):
+        grow = ""
+        if report.get("repeat_epoch_images") and report["num_images"]:
+            grow = f", an epoch grows from {report['num_images']} to "
+            grow += f"~{report['repeat_epoch_images']:.0f} images"
+        return [
+            f"Imbalance ratio {ratio:.0f}x: try `--sampler repeat-factor --repeat-threshold "
+            f"{t:.3g}` (repeat factors in the table{grow}) or `--class-weights effective`"
+        ]
+    return [f"Imbalance ratio {ratio:.0f}x: try `--class-weights effective` (weights in the table)"]
+
+
+def _background_advice(report: dict) -> list[str]:
+    share = report.get("background_share")
+    if share is None or report["num_images"] == 0:
+        return []
+    if share == 0:
+        return [
+            "No defect-free images: the model never sees a good part and will raise false "
+            "alarms; add images without defects"
+        ]
+    if share < MOSTLY_BACKGROUND:
+        return []
+    # Keep about as many background images per epoch as there are defect images.
+    keep = min(1.0, max(0.1, round((1 - share) / share, 1)))
+    if keep >= 1.0:
+        return []
+    return [
+        f"{_pct(share)} of images are defect-free: `--background-fraction {keep:g}` keeps a "
+        f"fresh {_pct(keep)} of them each epoch"
+    ]
+
+
+def _size_advice(report: dict) -> list[str]:
+    b = report["box_sizes"]
+    total = b["small"] + b["medium"] + b["large"]
+    if total == 0 or b["small"] / total < SMALL_BOX_SHARE:
+        return []
+    size = report.get("suggested_image_size")
+    at = f" (e.g. `--image-size {size}`, the native size)" if size else ""
+    return [
+        f"{_pct(b['small'] / total)} of boxes are small (under 32x32 px): use `--anchors auto` "
+        f"(anchors fitted to your boxes) and do not shrink images{at}"
+    ]
+
+
+def _split_advice(report: dict) -> list[str]:
+    out = []
+    for split, s in report.get("splits", {}).items():
+        if split in ("train", "trainval"):
+            continue
+        # Only classes that exist somewhere: absent ones get their own advice above.
+        missing = [
+            c["name"]
+            for c, total in zip(s["classes"], report["classes"], strict=True)
+            if c["instances"] == 0 and total["instances"] > 0
+        ]
+        if missing:
+            names = ", ".join(f"'{m}'" for m in missing)
+            out.append(f"Split '{split}' has no {names}: their AP cannot be measured there")
+    return out
+
+
+def advice(report: dict) -> list[str]:
+    """Plain-language recommendations that map onto ``defectdet train`` options.
+
+    Only advice the data warrants is given: each rule checks its own threshold.
+    """
+    if report["num_annotations"] == 0:
+        return ["No boxes at all: there is nothing to train a detector on"]
+    out = _class_advice(report)
+    out += _imbalance_advice(report)
+    out += _background_advice(report)
+    out.append(
+        "Keep `--loss focal --gamma 2` (the default): it down-weights the many easy background "
+        "anchors, the largest imbalance in any detector"
+    )
+    out += _size_advice(report)
+    acc = report.get("always_ok_accuracy")
+    if acc is not None and acc >= MOSTLY_BACKGROUND:
+        out.append(
+            f"A model that always answers 'no defect' scores {_pct(acc)} image accuracy here: "
+            "judge models by per-class AP and defect recall, not accuracy"
+        )
+    out += _split_advice(report)
+    problems = report.get("problems") or {}
+    if problems:
+        kinds = ", ".join(f"{k}: {n}" for k, n in problems.items())
+        out.append(
+            f"{sum(problems.values())} records were skipped or repaired while loading "
+            f"({kinds}); `--strict` lists them and stops"
+        )
+    return out

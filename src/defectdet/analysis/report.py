@@ -1,0 +1,112 @@
+"""Assemble the dataset report: one JSON-serialisable dict that ``analyze`` prints, plots and
+saves, and that ``train`` reads for its defaults (repeat factors, weights, image size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from defectdet.analysis import recommend, stats
+from defectdet.data.catalog import Catalog
+
+
+def _num(x: float) -> float | None:
+    """A plain float, or None for NaN/inf (JSON has neither)."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _share(part: np.ndarray | int, whole: int) -> np.ndarray | float:
+    return np.asarray(part, dtype=np.float64) / whole if whole else np.zeros_like(part, float)
+
+
+def _class_rows(
+    catalog: Catalog,
+    table,
+    instances: np.ndarray,
+    images: np.ndarray,
+    factors: np.ndarray,
+    weights: np.ndarray,
+) -> list[dict]:
+    """One dict per class, in class order."""
+    k = catalog.num_classes
+    buckets = stats.bucket_counts(table["area"].to_numpy(), table["class_id"].to_numpy(), k)
+    med = stats.class_medians(table, k)
+    inst_share = _share(instances, int(instances.sum()))
+    img_share = _share(images, catalog.num_images)
+    rows = []
+    for i, name in enumerate(catalog.classes):  # loops over classes, not boxes
+        rows.append(
+            {
+                "name": name,
+                "instances": int(instances[i]),
+                "images": int(images[i]),
+                "instance_share": float(inst_share[i]),
+                "image_share": float(img_share[i]),
+                "repeat_factor": float(factors[i]),
+                "class_weight": float(weights[i]),
+                "size_buckets": dict(zip(stats.SIZE_BUCKETS, map(int, buckets[i]), strict=True)),
+                "median_width": _num(med.at[i, "w"]),
+                "median_height": _num(med.at[i, "h"]),
+                "median_rel_width": _num(med.at[i, "rel_w"]),
+                "median_rel_height": _num(med.at[i, "rel_h"]),
+            }
+        )
+    return rows
+
+
+def _splits(catalog: Catalog) -> dict[str, dict]:
+    """Per-split counts (empty when the data has no splits)."""
+    return {name: stats.count_summary(catalog.split_subset(name)) for name in catalog.splits()}
+
+
+def build_report(
+    catalog: Catalog, repeat_threshold: float | None = None, beta: float = recommend.DEFAULT_BETA
+) -> dict:
+    """Everything ``defectdet analyze`` knows about a catalogue, as plain JSON types.
+
+    ``repeat_threshold`` None chooses one with :func:`recommend.choose_repeat_threshold`;
+    ``beta`` is the effective-number β behind each class's ``class_weight``.
+    """
+    k, n_img = catalog.num_classes, catalog.num_images
+    table = stats.box_table(catalog)
+    rows, class_id = table["row"].to_numpy(), table["class_id"].to_numpy()
+    pairs = stats.presence_pairs(rows, class_id, k)
+    instances = stats.instance_counts(class_id, k)
+    images = stats.image_counts(pairs, k)
+    n_background = int(n_img - len(np.unique(pairs[:, 0])))
+
+    freq = _share(images, n_img)
+    t = recommend.choose_repeat_threshold(freq) if repeat_threshold is None else repeat_threshold
+    factors = recommend.repeat_factors(freq, t)
+    weights = recommend.effective_number_weights(instances, beta)
+    buckets = np.bincount(stats.size_bucket(table["area"].to_numpy()), minlength=3)
+    background_share = n_background / n_img if n_img else None
+
+    report = {
+        "root": str(catalog.root),
+        "format": catalog.format,
+        "num_images": int(n_img),
+        "num_background_images": n_background,
+        "background_share": background_share,
+        "always_ok_accuracy": background_share,  # "no defect" is right on exactly these
+        "num_annotations": len(table),
+        "num_classes": int(k),
+        "imbalance_ratio": stats.imbalance_ratio(instances),
+        "imbalance_ratio_images": stats.imbalance_ratio(images),
+        "classes": _class_rows(catalog, table, instances, images, factors, weights),
+        "objects_per_image": stats.objects_per_image(rows, n_img),
+        "image_sizes": stats.image_size_summary(catalog.images),
+        "box_sizes": dict(zip(stats.SIZE_BUCKETS, map(int, buckets), strict=True)),
+        "box_size_histogram": stats.size_histogram(table["side"].to_numpy(), class_id, k),
+        "suggested_image_size": stats.suggested_image_size(catalog.images),
+        "repeat_threshold": float(t),
+        "repeat_epoch_images": stats.repeat_epoch_images(pairs, factors, n_img),
+        "effective_beta": float(beta),
+        "splits": _splits(catalog),
+        "problems": dict(catalog.problems.counts()),
+    }
+    report["advice"] = recommend.advice(report)
+    return report

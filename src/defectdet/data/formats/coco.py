@@ -1,0 +1,196 @@
+"""COCO detection JSON: one file, or a folder holding one or several (e.g. train.json, val.json).
+
+Several files become splits named after them (``instances_train2017.json`` → ``train``). Image
+paths are resolved against the first of (the JSON's folder, the dataset root, ``images/`` under
+either) that finds most of them. Built for speed: a file with a million boxes is turned into
+column arrays with no per-box Python objects beyond what ``json.load`` already made.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from defectdet.data.problems import ProblemLog
+from defectdet.data.validate import raw_boxes, raw_images
+from defectdet.errors import DataError
+
+_SPLIT_WORDS = ("train", "trainval", "val", "valid", "test")
+
+
+def find_coco_files(path: Path) -> list[Path]:
+    """COCO JSON files at ``path`` (a file, or JSON files in the folder or one level below)."""
+    if path.is_file():
+        return [path]
+    candidates = sorted(path.glob("*.json")) + sorted(path.glob("*/*.json"))
+    return [p for p in candidates if _looks_like_coco(p)]
+
+
+def _looks_like_coco(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False
+    return b'"images"' in head or b'"annotations"' in head or b'"categories"' in head
+
+
+def split_name(path: Path) -> str:
+    """``instances_train2017.json`` → ``train``; otherwise the file's stem."""
+    stem = path.stem.lower()
+    for word in sorted(_SPLIT_WORDS, key=len, reverse=True):
+        if re.search(rf"(^|[^a-z]){word}([^a-z]|$)", stem):
+            return "val" if word == "valid" else word
+    return stem
+
+
+def read_coco(path: Path, root: Path, problems: ProblemLog):
+    """Read COCO file(s) at ``path``. Returns (classes, raw images, raw boxes)."""
+    files = find_coco_files(path)
+    if not files:
+        raise DataError(f"{path}: no COCO JSON file found")
+    docs = [(f, _load(f)) for f in files]
+    cat_ids, classes = _categories(docs, problems)
+    multi = len(docs) > 1
+    img_cols: dict[str, list] = {k: [] for k in ("key", "file_name", "width", "height", "split",
+                                                 "src", "where")}
+    box_parts = []
+    for f, doc in docs:
+        base = _image_base(f, root, doc)
+        split = split_name(f) if multi else None
+        _add_images(f, doc, base, split, img_cols, problems)
+        box_parts.append(_boxes(f, doc, cat_ids, problems))
+    boxes = {k: [v for part in box_parts for v in part[k]] for k in box_parts[0]}
+    return classes, raw_images(img_cols), raw_boxes(boxes)
+
+
+def _load(path: Path) -> dict:
+    try:
+        with path.open("rb") as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise DataError(f"{path}: JSON nested too deeply") from exc
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: a COCO file must hold a JSON object, not {type(doc).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key, []), list):
+            raise DataError(f"{path}: '{key}' must be a list")
+    return doc
+
+
+def _categories(docs, problems: ProblemLog) -> tuple[dict, list[str]]:
+    """Category id → class index (ids sorted), and the class names."""
+    names: dict[int, str] = {}
+    for f, doc in docs:
+        for i, cat in enumerate(doc.get("categories", [])):
+            cid = cat.get("id") if isinstance(cat, dict) else None
+            name = cat.get("name") if isinstance(cat, dict) else None
+            if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(name, str):
+                problems.add(f, f"category entry {cat!r} needs an integer id and a name",
+                             kind="bad-category", where=f"categories[{i}]")
+                continue
+            if cid in names and names[cid] != name:
+                problems.add(f, f"category id {cid} is {name!r} here but {names[cid]!r} elsewhere",
+                             kind="bad-category", where=f"categories[{i}]")
+                continue
+            names[cid] = name
+    if not names:
+        raise DataError(f"{docs[0][0]}: no categories defined")
+    ordered = sorted(names)
+    duplicates = {n for n in names.values() if list(names.values()).count(n) > 1}
+    if duplicates:
+        raise DataError(f"{docs[0][0]}: category names used twice: {', '.join(sorted(duplicates))}")
+    return {cid: i for i, cid in enumerate(ordered)}, [names[c] for c in ordered]
+
+
+def _image_base(path: Path, root: Path, doc: dict) -> str:
+    """The folder (relative to root) that image file names in this JSON are relative to."""
+    sample = [im.get("file_name") for im in doc.get("images", [])[:50] if isinstance(im, dict)]
+    sample = [s for s in sample if isinstance(s, str)]
+    bases = [path.parent, root, path.parent / "images", root / "images", path.parent.parent]
+    best, best_hits = path.parent, -1
+    for base in bases:
+        hits = sum((base / s).is_file() for s in sample)
+        if hits > best_hits:
+            best, best_hits = base, hits
+    try:
+        rel = best.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        rel = ""
+    return "" if rel == "." else rel
+
+
+def _add_images(f: Path, doc: dict, base: str, split: str | None, cols: dict,
+                problems: ProblemLog) -> None:
+    for i, im in enumerate(doc.get("images", [])):
+        if not isinstance(im, dict) or "file_name" not in im or not _is_id(im.get("id")):
+            problems.add(f, "image entry needs an integer 'id' and a 'file_name'",
+                         kind="bad-record", where=f"images[{i}]")
+            continue
+        name = im["file_name"]
+        cols["key"].append(im["id"])
+        cols["file_name"].append(f"{base}/{name}" if base and isinstance(name, str) else name)
+        cols["width"].append(_num(im.get("width")))
+        cols["height"].append(_num(im.get("height")))
+        cols["split"].append(split if split is not None else str(im.get("split", "")))
+        cols["src"].append(str(f))
+        cols["where"].append(f"image id {im['id']}")
+
+
+def _boxes(f: Path, doc: dict, cat_ids: dict, problems: ProblemLog) -> dict[str, list]:
+    anns = doc.get("annotations", [])
+    good = [a for a in anns if isinstance(a, dict) and _is_id(a.get("image_id"))]
+    if len(good) < len(anns):
+        for i, a in enumerate(anns):
+            if not (isinstance(a, dict) and _is_id(a.get("image_id"))):
+                problems.add(f, "annotation needs an integer 'image_id'", kind="bad-record",
+                             where=f"annotations[{i}]")
+    xywh = _bbox_array(good)
+    cats = [a.get("category_id") for a in good]
+    ids = [a.get("id", i) for i, a in enumerate(good)]
+    return {
+        "key": [a["image_id"] for a in good],
+        "class_id": [cat_ids.get(c, -1) if isinstance(c, int) else -1 for c in cats],
+        "label": [f"category_id {c}" for c in cats],
+        "x1": xywh[:, 0],
+        "y1": xywh[:, 1],
+        "x2": xywh[:, 0] + xywh[:, 2],
+        "y2": xywh[:, 1] + xywh[:, 3],
+        "src": [str(f)] * len(good),
+        "where": [f"annotation id {i}" for i in ids],
+    }
+
+
+def _bbox_array(anns: list[dict]) -> np.ndarray:
+    """(N, 4) float xywh; malformed bboxes become NaN rows (reported later as bad coordinates)."""
+    try:
+        arr = np.array([a["bbox"] for a in anns])
+        if arr.shape == (len(anns), 4) and arr.dtype.kind in "if":
+            return arr.astype(np.float64)
+    except (KeyError, ValueError, TypeError):
+        pass
+    out = np.full((len(anns), 4), np.nan)
+    for i, a in enumerate(anns):
+        b = a.get("bbox")
+        if isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b):
+            out[i] = b
+    return out
+
+
+def _is_id(v: object) -> bool:
+    return isinstance(v, int | str) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _num(v: object) -> float:
+    return float(v) if _is_num(v) else float("nan")

@@ -1,0 +1,234 @@
+"""Epoch samplers for imbalanced detection data: repeat-factor (LVIS), class-aware, undersampling.
+
+An :class:`EpochSampler` builds each epoch's index list deterministically from ``(seed, epoch)``,
+so every DDP rank builds the same list and takes its own shard, and a resumed run replays the
+same epochs. Call :meth:`EpochSampler.set_epoch` before each epoch, like ``DistributedSampler``.
+
+Index encoding: an image can appear several times in one epoch (repeat-factor, class-aware). So
+that each copy gets its own augmentation, the sampler yields ``row + copy * num_images`` where
+``copy`` counts earlier appearances of ``row`` in the epoch (0 for the first). ``DetectionDataset``
+decodes this with :func:`decode_index`; pass ``encode_copies=False`` for plain row indices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Sampler
+
+from defectdet.config import SamplerConfig
+from defectdet.errors import ConfigError
+
+# Tags that keep the random streams of the different per-epoch decisions independent.
+_TAG_BACKGROUND, _TAG_MAJORITY, _TAG_DRAW, _TAG_SHUFFLE = 1, 2, 3, 4
+
+
+def repeat_factors_per_image(image_class_counts: np.ndarray, t: float) -> np.ndarray:
+    """LVIS repeat factors, (num_images,) float: max over an image's classes of
+    ``max(1, sqrt(t / f(c)))``, ``f(c)`` = fraction of images containing class ``c``.
+    Background images get 1."""
+    present = np.asarray(image_class_counts) > 0
+    n = max(len(present), 1)
+    freq = present.sum(axis=0) / n  # (K,)
+    with np.errstate(divide="ignore"):
+        class_factor = np.where(freq > 0, np.sqrt(t / np.maximum(freq, 1e-12)), 1.0)
+    class_factor = np.maximum(class_factor, 1.0)
+    per_image = np.where(present, class_factor[None, :], 1.0)
+    return per_image.max(axis=1, initial=1.0)
+
+
+def decode_index(index: int, num_images: int) -> tuple[int, int]:
+    """``(row, copy)`` of an index yielded by :class:`EpochSampler`."""
+    copy, row = divmod(int(index), num_images)
+    return row, copy
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+def _copy_numbers(rows: np.ndarray) -> np.ndarray:
+    """For each position, how many times its value appeared earlier in ``rows``."""
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_rows)) + 1] if len(rows) else np.zeros(0, int)
+    group_start = np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    copies = np.empty_like(rows)
+    copies[order] = np.arange(len(rows)) - group_start
+    return copies
+
+
+class EpochSampler(Sampler[int]):
+    """Per-epoch index lists for imbalanced data; DDP-aware (every rank gets the same length).
+
+    Args:
+        image_class_counts: (num_images, K) boxes per class per image, in dataset row order
+            (``Catalog.image_class_counts()``).
+        cfg: sampler kind, repeat threshold and undersampling fractions.
+        seed: the run seed; all ranks must pass the same one.
+        rank, world_size: this process's DDP shard.
+        shuffle: shuffle the epoch (False keeps row order, for evaluation).
+        encode_copies: yield ``row + copy * num_images`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        image_class_counts: np.ndarray,
+        cfg: SamplerConfig,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        encode_copies: bool = True,
+    ) -> None:
+        counts = np.asarray(image_class_counts, dtype=np.int64)
+        if counts.ndim != 2:
+            raise ValueError(f"image_class_counts must be 2-D, got shape {counts.shape}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        for name in ("background_fraction", "undersample_majority", "repeat_threshold"):
+            value = getattr(cfg, name)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"sampler.{name} must be between 0 and 1, got {value}")
+        self.counts, self.cfg, self.seed = counts, cfg, int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.encode_copies = shuffle, encode_copies
+        self.num_images = len(counts)
+
+        present = counts > 0
+        self._present = present
+        self._is_background = ~present.any(axis=1)
+        self._background = np.flatnonzero(self._is_background)
+        self._majority_only = self._find_majority_only(present, counts)
+        thinned = np.zeros(self.num_images, dtype=bool)
+        thinned[self._background] = thinned[self._majority_only] = True
+        self._always = np.flatnonzero(~thinned)
+        self._factors = repeat_factors_per_image(counts, cfg.repeat_threshold)
+        self.epoch = 0
+        self.set_epoch(0)
+
+    @staticmethod
+    def _find_majority_only(present: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Rows whose only class is the most common class (by instances)."""
+        if counts.shape[1] == 0 or counts.sum() == 0:
+            return np.zeros(0, dtype=np.int64)
+        majority = int(counts.sum(axis=0).argmax())
+        return np.flatnonzero(present[:, majority] & (present.sum(axis=1) == 1))
+
+    # ------------------------------------------------------------------ epoch construction
+    def set_epoch(self, epoch: int) -> None:
+        """Build (and cache) the index list of ``epoch``; call before iterating."""
+        self.epoch = int(epoch)
+        rows = self._epoch_rows(self.epoch)
+        self.epoch_rows = rows  # full (unsharded) list of dataset rows for this epoch
+        encoded = rows + _copy_numbers(rows) * self.num_images if self.encode_copies else rows
+        self._indices = self._shard(encoded)
+
+    def _keep(self, group: np.ndarray, fraction: float, tag: int) -> np.ndarray:
+        """``ceil(fraction * n)`` members of ``group`` for this epoch, taking turns.
+
+        Each cycle of ``ceil(n / k)`` epochs walks one random permutation of the group in windows
+        of ``k`` (the last window wraps to the start), so every member appears in every cycle."""
+        n = len(group)
+        if fraction >= 1 or n == 0:
+            return group
+        k = math.ceil(fraction * n - 1e-9)
+        if k <= 0:
+            return group[:0]
+        cycle, turn = divmod(self.epoch, math.ceil(n / k))
+        perm = group[_rng(self.seed, tag, cycle).permutation(n)]
+        return perm[np.arange(turn * k, turn * k + k) % n]
+
+    def _kept_rows(self) -> np.ndarray:
+        """Rows that survive undersampling this epoch (sorted)."""
+        parts = [
+            self._always,
+            self._keep(self._background, self.cfg.background_fraction, _TAG_BACKGROUND),
+            self._keep(self._majority_only, self.cfg.undersample_majority, _TAG_MAJORITY),
+        ]
+        return np.sort(np.concatenate(parts)).astype(np.int64)
+
+    def _epoch_rows(self, epoch: int) -> np.ndarray:
+        kept = self._kept_rows()
+        rng = _rng(self.seed, epoch, _TAG_DRAW)
+        if self.cfg.sampler == "repeat-factor":
+            factors = self._factors[kept]
+            whole = np.floor(factors)
+            reps = whole.astype(np.int64) + (rng.random(len(kept)) < factors - whole)
+            rows = np.repeat(kept, reps)
+        elif self.cfg.sampler == "class-aware":
+            rows = self._class_aware(kept, rng)
+        else:
+            rows = kept
+        if self.shuffle:
+            rows = rows[_rng(self.seed, epoch, _TAG_SHUFFLE).permutation(len(rows))]
+        return rows
+
+    def _class_aware(self, kept: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Kept background images once each (so they keep their post-undersampling share of the
+        epoch), plus one class-aware draw per kept foreground image: a class uniformly among
+        classes with at least one kept image, then an image containing it uniformly."""
+        background = kept[self._is_background[kept]]
+        foreground = kept[~self._is_background[kept]]
+        pools = [foreground[self._present[foreground, c]] for c in range(self.counts.shape[1])]
+        pools = [p for p in pools if len(p)]
+        if not pools:
+            return kept
+        chosen = rng.integers(len(pools), size=len(foreground))
+        draws = np.empty(len(foreground), dtype=np.int64)
+        for j, pool in enumerate(pools):
+            sel = np.flatnonzero(chosen == j)
+            draws[sel] = pool[rng.integers(len(pool), size=len(sel))]
+        return np.concatenate([background, draws])
+
+    def _shard(self, indices: np.ndarray) -> np.ndarray:
+        """Pad to a multiple of world_size (repeating from the start), take every world_size-th."""
+        if self.world_size == 1 or len(indices) == 0:
+            return indices
+        total = math.ceil(len(indices) / self.world_size) * self.world_size
+        return np.resize(indices, total)[self.rank :: self.world_size]
+
+    # ------------------------------------------------------------------ Sampler protocol
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices.tolist())
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @property
+    def indices(self) -> np.ndarray:
+        """This rank's (encoded) indices for the current epoch."""
+        return self._indices
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self.set_epoch(int(state["epoch"]))
+
+    # ------------------------------------------------------------------ reporting
+    def stats(self) -> dict[str, Any]:
+        """What sampling does to the class balance this epoch (whole epoch, all ranks).
+
+        ``instances_*``/``share_*``: per class, boxes (and their share of all boxes) in the
+        dataset and in the epoch, an image counted once per time it is sampled;
+        ``background_*``/``images_*``: background-only images and all images, before/after."""
+        rows = self.epoch_rows
+        before = self.counts.sum(axis=0)
+        after = self.counts[rows].sum(axis=0) if len(rows) else np.zeros_like(before)
+        return {
+            "epoch": self.epoch,
+            "sampler": self.cfg.sampler,
+            "images_before": self.num_images,
+            "images_after": len(rows),
+            "background_before": len(self._background),
+            "background_after": int(self._is_background[rows].sum()),
+            "instances_before": before.tolist(),
+            "instances_after": after.tolist(),
+            "share_before": (before / max(before.sum(), 1)).tolist(),
+            "share_after": (after / max(after.sum(), 1)).tolist(),
+        }

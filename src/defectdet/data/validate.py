@@ -1,0 +1,258 @@
+"""Turns what a format reader found into a validated :class:`Catalog`.
+
+Every reader produces two raw tables and hands them here, so every format gets the same checks:
+
+- raw images: ``key`` (the reader's own image id), ``file_name`` (relative to the dataset root,
+  possibly sloppy), ``width``/``height`` (NaN when the source does not say), ``split``, and
+  ``src``/``where`` (the annotation file and record, for messages);
+- raw boxes: ``key``, ``class_id`` (-1 for a label the reader could not map), ``label`` (the raw
+  label, for messages), ``x1 y1 x2 y2`` (pixels), ``src``/``where``.
+
+Checks: paths that escape the root (``..``, absolute paths, symlinks pointing outside), missing and
+unreadable image files, duplicate images, annotations for unknown images, unknown classes,
+NaN/infinite coordinates, empty boxes, boxes outside the image (clipped when mostly inside,
+dropped otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from defectdet.data.catalog import BOX_COLUMNS, IMAGE_COLUMNS, Catalog
+from defectdet.data.images import ImageError, read_size
+from defectdet.data.problems import ProblemLog
+
+RAW_IMAGE_COLUMNS = ["key", "file_name", "width", "height", "split", "src", "where"]
+RAW_BOX_COLUMNS = ["key", "class_id", "label", "x1", "y1", "x2", "y2", "src", "where"]
+#: A box clipped to the image must keep at least this share of its area, else it is dropped.
+MIN_KEPT_AREA = 0.5
+
+
+def raw_images(rows: dict[str, list]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=RAW_IMAGE_COLUMNS)
+    df["width"] = pd.to_numeric(df["width"], errors="coerce")
+    df["height"] = pd.to_numeric(df["height"], errors="coerce")
+    df["split"] = df["split"].fillna("").astype(str)
+    return df
+
+
+def raw_boxes(rows: dict[str, list]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=RAW_BOX_COLUMNS)
+    for c in ("x1", "y1", "x2", "y2"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["class_id"] = pd.to_numeric(df["class_id"], errors="coerce").fillna(-1).astype("int64")
+    return df
+
+
+def finalize(
+    root: Path,
+    classes: list[str],
+    images: pd.DataFrame,
+    boxes: pd.DataFrame,
+    problems: ProblemLog,
+    fmt: str,
+    check_images: bool = True,
+) -> Catalog:
+    """Validate the raw tables and build the catalogue (see the module docstring)."""
+    root = Path(root).resolve()
+    images = images.reset_index(drop=True).copy()
+    listed_keys = set(images["key"])  # boxes of images dropped below need no second warning
+    images["file_name"] = [_normalise(f) for f in images["file_name"]]
+    images = _drop_escaping(root, images, problems)
+    images = _drop_duplicates(images, problems)
+    if check_images:
+        images = _drop_missing(root, images, problems)
+    images = _fill_sizes(root, images, problems)
+    images["image_id"] = _image_ids(images)
+    boxes = _attach_boxes(images, boxes, classes, problems, listed_keys)
+    boxes = _check_coordinates(images, boxes, problems)
+    problems.check_strict()
+    cat_images = images[IMAGE_COLUMNS].astype({"width": "int64", "height": "int64"})
+    cat_boxes = boxes[BOX_COLUMNS].reset_index(drop=True)
+    return Catalog(root, list(classes), cat_images.reset_index(drop=True), cat_boxes, fmt, problems)
+
+
+# ---------------------------------------------------------------------------- images
+def _normalise(name: object) -> str:
+    text = str(name).replace("\\", "/").strip()
+    return posixpath.normpath(text) if text else ""
+
+
+def _drop_escaping(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
+    names = images["file_name"]
+    bad = names.eq("") | names.eq(".") | names.str.startswith("../") | names.eq("..")
+    bad |= names.str.startswith("/") | names.str.match(r"^[A-Za-z]:/")
+    # Absolute paths inside the root are fine: make them relative instead of refusing them.
+    for i in np.flatnonzero(bad.to_numpy()):
+        name = names.iat[i]
+        if name.startswith("/") and _inside(root, Path(name)):
+            images.iat[i, images.columns.get_loc("file_name")] = Path(name).resolve().relative_to(
+                root
+            ).as_posix()
+            bad.iat[i] = False
+    for r in images[bad].itertuples(index=False):
+        what = "has no file name" if r.file_name in ("", ".") else "points outside the dataset root"
+        problems.add(r.src, f"image path {r.file_name!r} {what}", kind="path-escape", where=r.where)
+    return images[~bad]
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def _drop_duplicates(images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
+    dup = images.duplicated("file_name", keep="first") | images.duplicated("key", keep="first")
+    for r in images[dup].itertuples(index=False):
+        problems.add(
+            r.src, f"duplicate image entry for {r.file_name!r} (first one kept)",
+            kind="duplicate-image", where=r.where,
+        )
+    return images[~dup]
+
+
+def _drop_missing(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
+    """Missing files and symlinks leading outside the root, found with one walk of the tree."""
+    present, links = _scan(root)
+    names = images["file_name"].to_numpy()
+    found = np.fromiter((n in present for n in names), bool, len(names))
+    # Files the walk could not see (e.g. under a linked folder) get a direct check.
+    for i in np.flatnonzero(~found):
+        found[i] = (root / names[i]).is_file()
+        if found[i]:
+            links.add(names[i])
+    bad_link = np.fromiter(
+        (n in links and not _inside(root, root / n) for n in names), bool, len(names)
+    )
+    for r in images[bad_link].itertuples(index=False):
+        problems.add(r.src, f"image {r.file_name!r} is a link that points outside the dataset root",
+                     kind="path-escape", where=r.where)
+    for r in images[~found].itertuples(index=False):
+        problems.add(r.src, f"image file {r.file_name!r} not found", kind="missing-image",
+                     where=r.where)
+    return images[found & ~bad_link]
+
+
+def _scan(root: Path) -> tuple[set[str], set[str]]:
+    """Relative POSIX paths of all files under root, and those that are symlinks."""
+    files: set[str] = set()
+    links: set[str] = set()
+    for dirpath, _dirs, names in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        for n in names:
+            files.add(prefix + n)
+            if os.path.islink(os.path.join(dirpath, n)):
+                links.add(prefix + n)
+    return files, links
+
+
+def _fill_sizes(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
+    """Read sizes from image headers where the annotations do not give a usable one."""
+    need = ~((images["width"] > 0) & (images["height"] > 0))
+    if not need.any():
+        return images
+    idx = images.index[need]
+    paths = [root / f for f in images.loc[idx, "file_name"]]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sizes = list(pool.map(_size_or_error, paths))
+    bad = []
+    for i, size in zip(idx, sizes, strict=True):
+        if isinstance(size, str):
+            r = images.loc[i]
+            problems.add(r["src"], size, kind="unreadable-image", where=r["where"])
+            bad.append(i)
+        else:
+            images.loc[i, ["width", "height"]] = size
+    return images.drop(index=bad)
+
+
+def _size_or_error(path: Path) -> tuple[int, int] | str:
+    try:
+        return read_size(path)
+    except ImageError as exc:
+        return str(exc)
+
+
+def _image_ids(images: pd.DataFrame) -> np.ndarray:
+    """Keep the source's integer ids when they are unique integers, else number from 1."""
+    keys = pd.to_numeric(images["key"], errors="coerce")
+    if len(keys) and keys.notna().all() and (keys == keys.round()).all() and keys.is_unique:
+        return keys.astype("int64").to_numpy()
+    return np.arange(1, len(images) + 1, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------- boxes
+def _attach_boxes(
+    images: pd.DataFrame,
+    boxes: pd.DataFrame,
+    classes: list[str],
+    problems: ProblemLog,
+    listed_keys: set,
+) -> pd.DataFrame:
+    id_of = pd.Series(images["image_id"].to_numpy(), index=images["key"].to_numpy())
+    id_of = id_of[~id_of.index.duplicated()]
+    boxes = boxes.copy()
+    boxes["image_id"] = boxes["key"].map(id_of)
+    orphan = boxes["image_id"].isna()
+    for r in boxes[orphan].itertuples(index=False):
+        if r.key not in listed_keys:
+            problems.add(r.src, f"annotation refers to unknown image {r.key!r}",
+                         kind="unknown-image", where=r.where)
+    boxes = boxes[~orphan]
+    unknown = (boxes["class_id"] < 0) | (boxes["class_id"] >= len(classes))
+    for r in boxes[unknown].itertuples(index=False):
+        problems.add(r.src, f"unknown class {r.label!r}", kind="unknown-class", where=r.where)
+    boxes = boxes[~unknown].copy()
+    boxes["image_id"] = boxes["image_id"].astype("int64")
+    return boxes
+
+
+def _check_coordinates(
+    images: pd.DataFrame, boxes: pd.DataFrame, problems: ProblemLog
+) -> pd.DataFrame:
+    size = images.set_index("image_id")[["width", "height"]]
+    w = boxes["image_id"].map(size["width"]).to_numpy(dtype=float)
+    h = boxes["image_id"].map(size["height"]).to_numpy(dtype=float)
+    xyxy = boxes[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
+    finite = np.isfinite(xyxy).all(axis=1)
+    area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+    positive = finite & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    clipped = np.stack(
+        [np.clip(xyxy[:, 0], 0, w), np.clip(xyxy[:, 1], 0, h),
+         np.clip(xyxy[:, 2], 0, w), np.clip(xyxy[:, 3], 0, h)], axis=1,
+    )
+    kept_area = np.clip(clipped[:, 2] - clipped[:, 0], 0, None) * np.clip(
+        clipped[:, 3] - clipped[:, 1], 0, None
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kept_share = np.where(positive, kept_area / np.where(positive, area, 1), 0)
+    outside = positive & (np.abs(clipped - xyxy).max(axis=1) > 1e-6)
+    drop_out = outside & (kept_share < MIN_KEPT_AREA)
+    clip_ok = outside & ~drop_out
+    _report(boxes, ~finite, problems, "box has missing or non-finite coordinates",
+            "bad-coordinates")
+    _report(boxes, finite & ~positive, problems, "box has zero or negative width/height",
+            "empty-box")
+    _report(boxes, drop_out, problems, "box lies mostly outside the image", "box-outside")
+    _report(boxes, clip_ok, problems, "box extends past the image border", "box-clipped",
+            action="clipped to the image")
+    boxes = boxes.copy()
+    boxes[["x1", "y1", "x2", "y2"]] = clipped
+    return boxes[positive & ~drop_out]
+
+
+def _report(boxes: pd.DataFrame, mask: np.ndarray, problems: ProblemLog, msg: str, kind: str,
+            action: str = "skipped") -> None:
+    for r in boxes[mask].itertuples(index=False):
+        coords = ", ".join(f"{v:g}" for v in (r.x1, r.y1, r.x2, r.y2))
+        problems.add(r.src, f"{msg} ({coords})", kind=kind, where=r.where, action=action)
