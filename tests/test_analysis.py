@@ -111,9 +111,9 @@ def report(catalog: Catalog) -> dict:
 
 # ---------------------------------------------------------------------------- report numbers
 def test_report_has_required_keys_and_is_strict_json(report: dict) -> None:
-    assert REQUIRED_KEYS <= set(report)
+    assert REQUIRED_KEYS - set(report) == set()  # shows the missing keys on failure
     for c in report["classes"]:
-        assert CLASS_KEYS <= set(c)
+        assert CLASS_KEYS - set(c) == set()
         assert set(c["size_buckets"]) == {"small", "medium", "large"}
     assert set(report["objects_per_image"]) == {"mean", "median", "max", "mean_over_defect_images"}
     assert {"min_width", "median_width", "max_height", "distinct"} <= set(report["image_sizes"])
@@ -173,7 +173,12 @@ def test_objects_per_image_and_image_sizes(catalog: Catalog, report: dict) -> No
     assert opi["max"] == max(all_counts) == 3
     assert opi["mean_over_defect_images"] == pytest.approx(11 / len(per_image))
     s = report["image_sizes"]
-    assert (s["min_width"], s["max_width"], s["min_height"], s["max_height"]) == (640, 1024, 480, 768)
+    assert (s["min_width"], s["max_width"], s["min_height"], s["max_height"]) == (
+        640,
+        1024,
+        480,
+        768,
+    )
     assert s["median_width"] == 640 and s["distinct"] == 2
     assert report["suggested_image_size"] == 640  # median longer side, multiple of 32
 
@@ -293,14 +298,15 @@ def test_class_weights_spec_errors(spec: str, message: str) -> None:
 def test_advice_names_rare_class_and_remedies(report: dict) -> None:
     text = "\n".join(report["advice"])
     assert report["advice"] == advice(report)
-    assert "'inclusion' has 1 instances in 1 images" in text and "50+" in text
+    assert "'inclusion' has 1 instance in 1 image:" in text and "50+" in text
     assert "'dent' has 3 instances in 3 images" in text
-    assert "'stain' has no annotations" in text
+    assert "No annotations of 'stain'" in text
     assert "Imbalance ratio 7x" in text and "--sampler repeat-factor" in text
     assert "--loss focal --gamma 2" in text
     assert "scores 60% image accuracy" in text
     assert "--background-fraction 0.7" in text  # 8 defect images / 12 background, to 0.1
-    assert "Split 'val' has no 'scratch', 'dent'" in text
+    assert "Split 'val' has no 'scratch', 'dent': AP is not measured" in text
+    assert "Split 'train' has no 'inclusion': cannot be learned" in text
     assert "--strict" in text
 
 
@@ -318,6 +324,17 @@ def test_advice_small_boxes() -> None:
     boxes = [(i, 0, 8, 8) for i in range(40)]
     rep = build_report(make_catalog(boxes, num_images=50, classes=["pit"]))
     assert any("--anchors auto" in a and "--image-size 640" in a for a in rep["advice"])
+
+
+def test_advice_groups_many_rare_classes() -> None:
+    names = [f"d{i}" for i in range(6)] + ["[common]"]  # brackets: no Rich markup in names
+    boxes = [(i, i % 6, 40, 40) for i in range(12)] + [(i, 6, 40, 40) for i in range(12, 60)]
+    rep = build_report(make_catalog(boxes, num_images=60, classes=names))
+    rare = [a for a in rep["advice"] if "fewer than 10 images" in a]
+    assert len(rare) == 1 and rare[0].startswith("6 classes") and "'d5' (2)" in rare[0]
+    console = Console(record=True, width=160)
+    render_report(rep, console)
+    assert "[common]" in console.export_text()
 
 
 # ---------------------------------------------------------------------------- output

@@ -3,12 +3,15 @@ and pipes stay clean)."""
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.markup import escape
 
 from defectdet.data.problems import ProblemLog
 
-out = Console(highlight=False)
+# Piped output (logs, CI) gets a wide console so the per-class tables stay readable.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, highlight=False)
 
 

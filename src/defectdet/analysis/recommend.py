@@ -163,25 +163,48 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+def _n(count: int, word: str) -> str:
+    """'1 image', '3 images'."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _names(classes: list[dict], limit: int = 8) -> str:
+    """'a' (3), 'b' (5), ... and N more: image counts in brackets."""
+    shown = ", ".join(f"'{c['name']}' ({c['images']})" for c in classes[:limit])
+    return shown + (f" and {len(classes) - limit} more" if len(classes) > limit else "")
+
+
+MAX_CLASS_LINES = 3  # beyond this many classes in one tier, advise once for the tier
+
+
 def _class_advice(report: dict) -> list[str]:
+    classes = report["classes"]
+    none = [c for c in classes if c["images"] == 0]
+    few = [c for c in classes if 0 < c["images"] < FEW_IMAGES]
+    some = [c for c in classes if FEW_IMAGES <= c["images"] < SOME_IMAGES]
     out = []
-    for c in report["classes"]:
-        name, n, m = c["name"], c["instances"], c["images"]
-        if m == 0:
-            out.append(
-                f"Class '{name}' has no annotations: it cannot be learned; annotate examples "
-                "or drop it from the class list"
-            )
-        elif m < FEW_IMAGES:
-            out.append(
-                f"Class '{name}' has {n} instances in {m} images: no sampling or loss remedy "
-                "will make a detector reliable on so few; collect more examples (aim for 50+)"
-            )
-        elif m < SOME_IMAGES:
-            out.append(
-                f"Class '{name}' has only {m} images: expect noisy per-class AP; the remedies "
-                "below help, but more examples help most"
-            )
+    if none:
+        names = ", ".join(f"'{c['name']}'" for c in none)
+        out.append(f"No annotations of {names}: annotate examples or drop from the class list")
+    remedy = "no sampling or loss remedy will make a detector reliable on so few; "
+    remedy += "collect more examples (aim for 50+)"
+    if len(few) > MAX_CLASS_LINES:
+        out.append(
+            f"{len(few)} classes have fewer than {FEW_IMAGES} images ({_names(few)}): {remedy}"
+        )
+    else:
+        out += [
+            f"Class '{c['name']}' has {_n(c['instances'], 'instance')} in "
+            f"{_n(c['images'], 'image')}: {remedy}"
+            for c in few
+        ]
+    milder = "expect noisy per-class AP; the remedies below help, but more examples help most"
+    if len(some) > MAX_CLASS_LINES:
+        out.append(
+            f"{len(some)} classes have fewer than {SOME_IMAGES} images ({_names(some)}): {milder}"
+        )
+    else:
+        out += [f"Class '{c['name']}' has only {c['images']} images: {milder}" for c in some]
     return out
 
 
@@ -192,9 +215,9 @@ def _imbalance_advice(report: dict) -> list[str]:
     t = report["repeat_threshold"]
     if any(c["repeat_factor"] > 1.0 for c in report["classes"]):
         grow = ""
-        if report.get("repeat_epoch_images") and report["num_images"]:
-            grow = f", an epoch grows from {report['num_images']} to "
-            grow += f"~{report['repeat_epoch_images']:.0f} images"
+        after = round(report.get("repeat_epoch_images") or 0)
+        if after > report["num_images"]:
+            grow = f"; an epoch grows from {report['num_images']} to ~{after} images"
         return [
             f"Imbalance ratio {ratio:.0f}x: try `--sampler repeat-factor --repeat-threshold "
             f"{t:.3g}` (repeat factors in the table{grow}) or `--class-weights effective`"
@@ -237,19 +260,17 @@ def _size_advice(report: dict) -> list[str]:
 
 
 def _split_advice(report: dict) -> list[str]:
+    """Classes that exist in the data but not in a split cannot be learned or measured there."""
     out = []
     for split, s in report.get("splits", {}).items():
-        if split in ("train", "trainval"):
-            continue
-        # Only classes that exist somewhere: absent ones get their own advice above.
         missing = [
-            c["name"]
+            f"'{c['name']}'"
             for c, total in zip(s["classes"], report["classes"], strict=True)
             if c["instances"] == 0 and total["instances"] > 0
         ]
         if missing:
-            names = ", ".join(f"'{m}'" for m in missing)
-            out.append(f"Split '{split}' has no {names}: their AP cannot be measured there")
+            why = "cannot be learned" if split in ("train", "trainval") else "AP is not measured"
+            out.append(f"Split '{split}' has no {', '.join(missing)}: {why} there")
     return out
 
 
@@ -279,7 +300,7 @@ def advice(report: dict) -> list[str]:
     if problems:
         kinds = ", ".join(f"{k}: {n}" for k, n in problems.items())
         out.append(
-            f"{sum(problems.values())} records were skipped or repaired while loading "
+            f"{_n(sum(problems.values()), 'record')} skipped or repaired while loading "
             f"({kinds}); `--strict` lists them and stops"
         )
     return out

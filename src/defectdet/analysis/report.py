@@ -57,9 +57,12 @@ def _class_rows(
     return rows
 
 
-def _splits(catalog: Catalog) -> dict[str, dict]:
+def _splits(catalog: Catalog, occ: stats.Occurrence) -> dict[str, dict]:
     """Per-split counts (empty when the data has no splits)."""
-    return {name: stats.count_summary(catalog.split_subset(name)) for name in catalog.splits()}
+    split = catalog.images["split"].to_numpy()
+    return {
+        name: stats.count_summary(occ, catalog.classes, split == name) for name in catalog.splits()
+    }
 
 
 def build_report(
@@ -72,40 +75,39 @@ def build_report(
     """
     k, n_img = catalog.num_classes, catalog.num_images
     table = stats.box_table(catalog)
-    rows, class_id = table["row"].to_numpy(), table["class_id"].to_numpy()
-    pairs = stats.presence_pairs(rows, class_id, k)
-    instances = stats.instance_counts(class_id, k)
-    images = stats.image_counts(pairs, k)
-    n_background = int(n_img - len(np.unique(pairs[:, 0])))
+    occ = stats.Occurrence.of(table, n_img, k)
+    totals = stats.count_summary(occ, catalog.classes)
+    instances = np.array([c["instances"] for c in totals["classes"]], dtype=np.int64)
+    images = np.array([c["images"] for c in totals["classes"]], dtype=np.int64)
 
     freq = _share(images, n_img)
     t = recommend.choose_repeat_threshold(freq) if repeat_threshold is None else repeat_threshold
     factors = recommend.repeat_factors(freq, t)
     weights = recommend.effective_number_weights(instances, beta)
     buckets = np.bincount(stats.size_bucket(table["area"].to_numpy()), minlength=3)
-    background_share = n_background / n_img if n_img else None
+    background_share = totals["background_share"]
 
     report = {
         "root": str(catalog.root),
         "format": catalog.format,
-        "num_images": int(n_img),
-        "num_background_images": n_background,
+        "num_images": n_img,
+        "num_background_images": totals["num_background_images"],
         "background_share": background_share,
         "always_ok_accuracy": background_share,  # "no defect" is right on exactly these
-        "num_annotations": len(table),
-        "num_classes": int(k),
+        "num_annotations": totals["num_annotations"],
+        "num_classes": k,
         "imbalance_ratio": stats.imbalance_ratio(instances),
         "imbalance_ratio_images": stats.imbalance_ratio(images),
         "classes": _class_rows(catalog, table, instances, images, factors, weights),
-        "objects_per_image": stats.objects_per_image(rows, n_img),
+        "objects_per_image": stats.objects_per_image(occ.per_image),
         "image_sizes": stats.image_size_summary(catalog.images),
         "box_sizes": dict(zip(stats.SIZE_BUCKETS, map(int, buckets), strict=True)),
-        "box_size_histogram": stats.size_histogram(table["side"].to_numpy(), class_id, k),
+        "box_size_histogram": stats.size_histogram(table["side"].to_numpy(), occ.class_id, k),
         "suggested_image_size": stats.suggested_image_size(catalog.images),
         "repeat_threshold": float(t),
-        "repeat_epoch_images": stats.repeat_epoch_images(pairs, factors, n_img),
+        "repeat_epoch_images": stats.repeat_epoch_images(occ.pairs, factors, n_img),
         "effective_beta": float(beta),
-        "splits": _splits(catalog),
+        "splits": _splits(catalog, occ),
         "problems": dict(catalog.problems.counts()),
     }
     report["advice"] = recommend.advice(report)

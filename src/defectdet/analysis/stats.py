@@ -6,6 +6,8 @@ boxes is analysed in about a second. Loops run over classes or splits only (tens
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -53,17 +55,52 @@ def instance_counts(class_id: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(class_id, minlength=num_classes)[:num_classes].astype(np.int64)
 
 
-def presence_pairs(rows: np.ndarray, class_id: np.ndarray, num_classes: int) -> np.ndarray:
+def _unique_ints(values: np.ndarray, upper: int) -> np.ndarray:
+    """Sorted unique values of a non-negative int array below ``upper``.
+
+    A dense mark array when the range is modest (several times faster than np.unique on
+    millions of values), a sort otherwise.
+    """
+    if upper <= max(1 << 24, 8 * len(values)):
+        seen = np.zeros(upper, dtype=bool)
+        seen[values] = True
+        return np.flatnonzero(seen)
+    v = np.sort(values)
+    return v[np.r_[True, v[1:] != v[:-1]]]
+
+
+def presence_pairs(
+    rows: np.ndarray, class_id: np.ndarray, num_images: int, num_classes: int
+) -> np.ndarray:
     """Unique (image row, class) pairs as an (M, 2) array: which class occurs in which image."""
     if len(rows) == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    keys = np.unique(rows.astype(np.int64) * num_classes + class_id)
+    keys = _unique_ints(rows.astype(np.int64) * num_classes + class_id, num_images * num_classes)
     return np.stack([keys // num_classes, keys % num_classes], axis=1)
 
 
 def image_counts(pairs: np.ndarray, num_classes: int) -> np.ndarray:
     """Images containing each class (from :func:`presence_pairs`)."""
     return np.bincount(pairs[:, 1], minlength=num_classes)[:num_classes].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    """Where the boxes are, computed once and reused for the whole catalogue and each split."""
+
+    num_images: int
+    num_classes: int
+    rows: np.ndarray  # image row of each box
+    class_id: np.ndarray  # class of each box
+    pairs: np.ndarray  # unique (image row, class) pairs
+    per_image: np.ndarray  # boxes in each image row
+
+    @classmethod
+    def of(cls, table: pd.DataFrame, num_images: int, num_classes: int) -> Occurrence:
+        rows, class_id = table["row"].to_numpy(), table["class_id"].to_numpy()
+        pairs = presence_pairs(rows, class_id, num_images, num_classes)
+        per_image = np.bincount(rows, minlength=num_images)
+        return cls(num_images, num_classes, rows, class_id, pairs, per_image)
 
 
 def imbalance_ratio(counts: np.ndarray) -> float | None:
@@ -74,11 +111,10 @@ def imbalance_ratio(counts: np.ndarray) -> float | None:
     return float(present.max() / present.min())
 
 
-def objects_per_image(rows: np.ndarray, num_images: int) -> dict[str, float | int | None]:
+def objects_per_image(per_image: np.ndarray) -> dict[str, float | int | None]:
     """Boxes per image: mean and median over all images, max, and mean over defect images."""
-    if num_images == 0:
+    if len(per_image) == 0:
         return {"mean": None, "median": None, "max": None, "mean_over_defect_images": None}
-    per_image = np.bincount(rows, minlength=num_images)
     defect = per_image[per_image > 0]
     return {
         "mean": float(per_image.mean()),
@@ -158,22 +194,29 @@ def repeat_epoch_images(pairs: np.ndarray, factors: np.ndarray, num_images: int)
     return float(per_image.sum())
 
 
-def count_summary(catalog: Catalog) -> dict:
-    """Headline counts of a catalogue (used per split): images, background, boxes, per class."""
-    table = box_table(catalog)
-    k = catalog.num_classes
-    pairs = presence_pairs(table["row"].to_numpy(), table["class_id"].to_numpy(), k)
-    instances = instance_counts(table["class_id"].to_numpy(), k)
-    images = image_counts(pairs, k)
-    num_images = catalog.num_images
-    num_background = int(num_images - len(np.unique(pairs[:, 0])))
+def count_summary(
+    occ: Occurrence, classes: list[str], image_mask: np.ndarray | None = None
+) -> dict:
+    """Headline counts: images, background images, boxes, and per class instances and images.
+
+    ``image_mask`` (bool per image row) restricts the counts to some images, e.g. one split.
+    """
+    rows, class_id, pairs, per_image = occ.rows, occ.class_id, occ.pairs, occ.per_image
+    if image_mask is not None:
+        class_id = class_id[image_mask[rows]]
+        pairs = pairs[image_mask[pairs[:, 0]]]
+        per_image = per_image[image_mask]
+    instances = instance_counts(class_id, occ.num_classes)
+    images = image_counts(pairs, occ.num_classes)
+    num_images = len(per_image)
+    num_background = int(np.count_nonzero(per_image == 0))
     return {
-        "num_images": int(num_images),
+        "num_images": num_images,
         "num_background_images": num_background,
         "background_share": num_background / num_images if num_images else None,
-        "num_annotations": len(table),
+        "num_annotations": len(class_id),
         "classes": [
             {"name": name, "instances": int(n), "images": int(m)}
-            for name, n, m in zip(catalog.classes, instances, images, strict=True)
+            for name, n, m in zip(classes, instances, images, strict=True)
         ],
     }

@@ -51,7 +51,7 @@ def _augmentations(preset: str, rotate90: bool) -> list[A.BasicTransform]:
     else:  # heavy
         out += [
             A.Affine(
-                scale=(0.7, 1.3), translate_percent=(-0.15, 0.15), rotate=(-15, 15), p=0.7,
+                scale=(0.7, 1.3), translate_percent=(-0.15, 0.15), rotate=(-10, 10), p=0.7,
                 **border,
             ),
             A.RandomBrightnessContrast(0.3, 0.3, p=0.7),

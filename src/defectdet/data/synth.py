@@ -169,10 +169,8 @@ def _scratch(rng: np.random.Generator, side: int, s: float) -> np.ndarray:
     canvas, c = _canvas(length)
     t = np.linspace(-0.5, 0.5, 4)[:, None] * length
     angle = rng.uniform(0, np.pi)
-    along, across = (
-        np.array([np.cos(angle), np.sin(angle)]),
-        np.array([-np.sin(angle), np.cos(angle)]),
-    )
+    along = np.array([np.cos(angle), np.sin(angle)])
+    across = np.array([-along[1], along[0]])
     bend = rng.normal(0, 0.015 * length, size=(4, 1))
     bend[[0, -1]] = 0  # straight-ish: only the inner points stray from the line
     pts = c + t * along + bend * across
@@ -391,7 +389,7 @@ def _check_output(out: Path, cfg: SynthConfig, overwrite: bool) -> None:
     if ann_dir.is_dir() and any(ann_dir.iterdir()) and not overwrite:
         raise OutputExistsError(
             f"{ann_dir} is not empty: refusing to overwrite an existing dataset "
-            "(choose another folder or pass overwrite)"
+            "(choose another folder, or use --overwrite / overwrite=True)"
         )
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder")

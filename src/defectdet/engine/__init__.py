@@ -1,0 +1,1 @@
+"""Training, evaluation, prediction and export: the loops that drive the model."""

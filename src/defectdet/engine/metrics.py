@@ -1,0 +1,220 @@
+"""Detection and image-level metrics, always per class and balanced next to the plain figure.
+
+- COCO mAP@[.5:.95] and mAP50 from pycocotools' COCOeval, plus per-class AP and AP50 read from
+  its precision array; ``mean_class_ap50`` averages AP50 over classes that have ground truth, so
+  the rare class counts as much as the common one.
+- A confusion matrix with a background row and column (IoU 0.5, at the score threshold):
+  missed defects land in the background column, false alarms in the background row.
+- Image-level "defect vs ok": recall, false-alarm rate, balanced accuracy, AUROC, next to plain
+  accuracy and the accuracy of always answering "ok" (the accuracy paradox, made visible).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from defectdet.data.catalog import Catalog
+
+
+@dataclass
+class Detections:
+    """Predictions for one image: boxes (N, 4) xyxy in original pixels, scores (N,), labels (N,)
+    0-based class ids."""
+
+    image_id: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def evaluate_detections(
+    catalog: Catalog,
+    detections: list[Detections],
+    conf: float | dict[int, float] = 0.3,
+    iou: float = 0.5,
+) -> dict:
+    """All metrics for ``detections`` against ``catalog``'s boxes (a JSON-ready dict)."""
+    coco = coco_metrics(catalog, detections)
+    cm = confusion_matrix(catalog, detections, conf, iou)
+    per_class = []
+    for k, name in enumerate(catalog.classes):
+        tp, gt, pred = cm[k, k], cm[k].sum(), cm[:, k].sum()
+        per_class.append({
+            "name": name,
+            "instances": int(gt),
+            "ap": coco["ap"][k],
+            "ap50": coco["ap50"][k],
+            "precision": float(tp / pred) if pred else None,
+            "recall": float(tp / gt) if gt else None,
+        })
+    return {
+        "map": coco["map"],
+        "map50": coco["map50"],
+        "mean_class_ap50": _nanmean(coco["ap50"]),
+        "classes": per_class,
+        "confusion_matrix": cm.tolist(),
+        "confusion_labels": [*catalog.classes, "background"],
+        "image_level": image_level_metrics(catalog, detections, conf),
+        "conf": conf if isinstance(conf, float) else {catalog.classes[k]: v
+                                                     for k, v in conf.items()},
+    }
+
+
+def _nanmean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+# ---------------------------------------------------------------------------- COCO
+def coco_metrics(catalog: Catalog, detections: list[Detections]) -> dict:
+    """mAP, mAP50 and per-class AP/AP50 (None where a class has no ground truth)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    k = catalog.num_classes
+    gt = COCO()
+    gt.dataset = catalog.to_coco()
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    results = to_coco_results(detections)
+    if not results or not len(catalog.boxes):
+        return {"map": 0.0 if len(catalog.boxes) else None,
+                "map50": 0.0 if len(catalog.boxes) else None,
+                "ap": [_zero_or_none(catalog, c) for c in range(k)],
+                "ap50": [_zero_or_none(catalog, c) for c in range(k)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.maxDets = [1, 10, max(100, _max_dets(detections))]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"]  # (T iou thresholds, R recall points, K, A areas, M maxDets)
+    ap, ap50 = [], []
+    for c in range(k):
+        p_all = precision[:, :, c, 0, -1]
+        p50 = precision[0, :, c, 0, -1]
+        ap.append(float(p_all[p_all > -1].mean()) if (p_all > -1).any() else None)
+        ap50.append(float(p50[p50 > -1].mean()) if (p50 > -1).any() else None)
+    return {"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "ap": ap, "ap50": ap50}
+
+
+def _zero_or_none(catalog: Catalog, c: int) -> float | None:
+    return 0.0 if (catalog.boxes["class_id"] == c).any() else None
+
+
+def _max_dets(detections: list[Detections]) -> int:
+    return max((len(d.scores) for d in detections), default=0)
+
+
+def to_coco_results(detections: list[Detections]) -> list[dict]:
+    """COCO results format (category ids 1..K, bbox xywh)."""
+    out = []
+    for d in detections:
+        for (x1, y1, x2, y2), s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(),
+                                          strict=True):
+            out.append({"image_id": int(d.image_id), "category_id": int(c) + 1,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+    return out
+
+
+# ---------------------------------------------------------------------------- confusion
+def thresholds_for(conf: float | dict[int, float], labels: np.ndarray) -> np.ndarray:
+    """Per-detection score threshold (a global one, or per class with a 0.3 fallback)."""
+    if isinstance(conf, dict):
+        return np.array([conf.get(int(c), 0.3) for c in labels], dtype=float)
+    return np.full(len(labels), float(conf))
+
+
+def confusion_matrix(
+    catalog: Catalog, detections: list[Detections], conf: float | dict[int, float], iou: float
+) -> np.ndarray:
+    """(K+1, K+1) counts: rows are truth, columns predictions; index K is background."""
+    k = catalog.num_classes
+    cm = np.zeros((k + 1, k + 1), dtype=np.int64)
+    gts = catalog.boxes_by_image()
+    by_image = {d.image_id: d for d in detections}
+    for image_id in catalog.images["image_id"].tolist():
+        gt = gts.get(int(image_id), np.zeros((0, 5)))
+        d = by_image.get(int(image_id))
+        keep = d.scores >= thresholds_for(conf, d.labels) if d is not None else np.zeros(0, bool)
+        pb = d.boxes[keep] if d is not None else np.zeros((0, 4))
+        pl = d.labels[keep].astype(int) if d is not None else np.zeros(0, int)
+        _accumulate(cm, gt, pb, pl, iou, k)
+    return cm
+
+
+def _accumulate(cm: np.ndarray, gt: np.ndarray, pb: np.ndarray, pl: np.ndarray, iou: float,
+                k: int) -> None:
+    gl = gt[:, 4].astype(int)
+    matched_gt, matched_pred = set(), set()
+    if len(gt) and len(pb):
+        ious = box_iou(torch.as_tensor(gt[:, :4]), torch.as_tensor(pb)).numpy()
+        pairs = np.argwhere(ious >= iou)
+        order = np.argsort(-ious[pairs[:, 0], pairs[:, 1]])
+        for gi, pi in pairs[order]:  # greedy by IoU, one-to-one
+            if gi in matched_gt or pi in matched_pred:
+                continue
+            matched_gt.add(gi)
+            matched_pred.add(pi)
+            cm[gl[gi], pl[pi]] += 1
+    for gi in set(range(len(gt))) - matched_gt:
+        cm[gl[gi], k] += 1  # missed defect
+    for pi in set(range(len(pb))) - matched_pred:
+        cm[k, pl[pi]] += 1  # false alarm
+
+
+# ---------------------------------------------------------------------------- image level
+def image_scores(catalog: Catalog, detections: list[Detections],
+                 conf: float | dict[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image (catalogue order): truth (has a defect), max score, verdict (defect at conf)."""
+    by_image = {d.image_id: d for d in detections}
+    ids = catalog.images["image_id"].to_numpy()
+    truth = ~catalog.background_mask()
+    score = np.zeros(len(ids))
+    verdict = np.zeros(len(ids), dtype=bool)
+    for i, image_id in enumerate(ids):
+        d = by_image.get(int(image_id))
+        if d is not None and len(d.scores):
+            score[i] = float(d.scores.max())
+            verdict[i] = bool((d.scores >= thresholds_for(conf, d.labels)).any())
+    return truth, score, verdict
+
+
+def image_level_metrics(catalog: Catalog, detections: list[Detections],
+                        conf: float | dict[int, float]) -> dict:
+    """Defect-vs-ok figures; plain accuracy next to balanced accuracy and the always-ok line."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    truth, score, verdict = image_scores(catalog, detections, conf)
+    pos, neg = truth.sum(), (~truth).sum()
+    recall = float((verdict & truth).sum() / pos) if pos else None
+    false_alarm = float((verdict & ~truth).sum() / neg) if neg else None
+    both = pos > 0 and neg > 0
+    return {
+        "images": len(truth),
+        "defect_images": int(pos),
+        "ok_images": int(neg),
+        "defect_recall": recall,
+        "false_alarm_rate": false_alarm,
+        "accuracy": float((verdict == truth).mean()) if len(truth) else None,
+        "balanced_accuracy": float(balanced_accuracy_score(truth, verdict)) if both else None,
+        "always_ok_accuracy": float(neg / len(truth)) if len(truth) else None,
+        "auroc": float(roc_auc_score(truth, score)) if both else None,
+        "recall_at_far_5": recall_at_false_alarm(truth, score, 0.05) if both else None,
+    }
+
+
+def recall_at_false_alarm(truth: np.ndarray, score: np.ndarray, far: float) -> float:
+    """Defect recall at the loosest threshold whose false-alarm rate stays ≤ ``far``."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(truth, score)
+    ok = fpr <= far + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0

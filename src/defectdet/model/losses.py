@@ -1,0 +1,259 @@
+"""Classification and box losses for RetinaNet, normalised over the whole batch.
+
+torchvision's ``RetinaNetClassificationHead`` hard-codes ``sigmoid_focal_loss(alpha=0.25,
+gamma=2)`` and divides each image's loss by ``max(1, that image's foreground anchors)``: a
+defect-free image then weighs as much as an image with one defect, and defect-free images (often
+most of an inspection dataset) dominate the gradient with pure background. Here the summed losses
+of the whole batch are divided by the batch's foreground anchor count (or an EMA of it, as
+detectron2 does), so every anchor counts the same whichever image it is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection import _utils as det_utils
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import generalized_box_iou_loss, misc
+
+from defectdet.config import LossConfig
+from defectdet.errors import ConfigError
+
+Normalizer = Literal["batch", "ema", "image"]
+BoxLoss = Literal["l1", "smooth_l1", "giou"]
+
+
+def focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    gamma: float = 2.0,
+    alpha: float = 0.25,
+    class_weights: Tensor | None = None,
+    reduction: str = "sum",
+) -> Tensor:
+    """Sigmoid focal loss ``-alpha_t (1 - p_t)**gamma log(p_t)`` (Lin et al. 2017), elementwise.
+
+    Args:
+        logits: (N, K) raw scores (any shape whose last dimension is the class).
+        targets: same shape, 1 for the true class, 0 otherwise (soft values allowed).
+        gamma: focusing exponent; 0 gives alpha-balanced binary cross-entropy, exactly.
+        alpha: weight of positive terms (negatives get ``1 - alpha``); < 0 disables it.
+        class_weights: (K,) multiplies column k: all class-k terms, positive and negative.
+        reduction: "none" | "mean" | "sum".
+    """
+    # log p_t from BCE-with-logits: stable where log(sigmoid(x)) would underflow.
+    loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    if gamma != 0:
+        p = torch.sigmoid(logits)
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = loss * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if class_weights is not None:
+        loss = loss * class_weights
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    raise ValueError(f"reduction must be none|mean|sum, not {reduction!r}")
+
+
+class LossNormalizer(nn.Module):
+    """Turns per-image foreground anchor counts into per-image loss weights.
+
+    The loss is ``sum_i weight_i * loss_i`` where ``loss_i`` is image i's summed loss:
+
+    * ``batch``: ``1 / max(1, total foreground anchors in the batch)``;
+    * ``ema``: ``1 / EMA`` of that total (momentum 0.9, detectron2); the EMA lives in the
+      ``ema`` buffer (saved with the model) and starts at the first batch's count, not
+      detectron2's arbitrary 100; it is updated only in training mode;
+    * ``image``: ``1 / (batch size * max(1, image's foreground))``, torchvision's rule.
+    """
+
+    def __init__(self, mode: Normalizer = "batch", momentum: float = 0.9) -> None:
+        super().__init__()
+        if mode not in ("batch", "ema", "image"):
+            raise ConfigError(f"loss normalizer must be batch|ema|image, not {mode!r}")
+        self.mode = mode
+        self.momentum = momentum
+        self.register_buffer("ema", torch.zeros(()))  # 0 = no batch seen yet
+
+    def forward(self, num_foreground: Tensor) -> Tensor:
+        """(B,) integer foreground counts -> (B,) float32 weights (no host sync)."""
+        n = num_foreground.to(torch.float32)
+        if self.mode == "image":
+            return 1.0 / (n.clamp(min=1) * n.numel())
+        total = n.sum().clamp(min=1)
+        if self.mode == "ema":
+            total = self._update_ema(total)
+        return (1.0 / total).expand_as(n)
+
+    @torch.no_grad()
+    def _update_ema(self, total: Tensor) -> Tensor:
+        started = self.ema > 0
+        if self.training:
+            m = self.momentum
+            self.ema.copy_(torch.where(started, m * self.ema + (1 - m) * total, total))
+            return self.ema
+        return torch.where(started, self.ema, total)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, momentum={self.momentum}"
+
+
+def _set_convs(branch: nn.Module, channels: int, num_convs: int, norm_layer) -> None:
+    """Replace torchvision's fixed 4 head convs with ``num_convs`` (same init: N(0, 0.01), 0)."""
+    if num_convs == len(branch.conv):
+        return
+    branch.conv = nn.Sequential(
+        *(misc.Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(num_convs))
+    )
+    for layer in branch.conv.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, std=0.01)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+class DefectRetinaNetHead(RetinaNetHead):
+    """``RetinaNetHead`` with a configurable depth, classification loss and loss normaliser.
+
+    The branches stay torchvision's classes (state-dict keys unchanged, so torchvision's COCO
+    weights load); only ``compute_loss`` is replaced, computed for the whole batch at once.
+
+    Args:
+        in_channels: FPN width.
+        num_anchors: anchors per location.
+        num_classes: K defect classes (no background).
+        num_convs: conv layers per branch (torchvision: 4).
+        norm_layer: e.g. ``partial(nn.GroupNorm, 32)`` for the v2 head; None = no norm.
+        loss: loss settings; ``None`` = defaults (focal 0.25/2, batch normalisation).
+        box_loss: "l1" (torchvision v1), "smooth_l1" or "giou" (v2).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        norm_layer=None,
+        loss: LossConfig | None = None,
+        box_loss: BoxLoss = "l1",
+    ) -> None:
+        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
+        for branch in (self.classification_head, self.regression_head):
+            _set_convs(branch, in_channels, num_convs, norm_layer)
+        self.regression_head._loss_type = box_loss
+        loss = loss or LossConfig()
+        self.gamma, self.alpha = _focal_params(loss)
+        weights = _class_weights(loss.class_weight_values, num_classes)
+        # Derived from the config, so not saved: checkpoints stay loadable under other weights.
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.normalizer = LossNormalizer(loss.normalizer)
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """Batch-normalised losses.
+
+        Args:
+            targets: per image ``boxes`` (G_i, 4) and ``labels`` (G_i,) in 0..K-1.
+            head_outputs: ``cls_logits`` (B, A, K) and ``bbox_regression`` (B, A, 4).
+            anchors: B tensors (A, 4).
+            matched_idxs: B tensors (A,): matched box index, -1 background, -2 ignored.
+
+        Returns:
+            ``classification`` and ``bbox_regression`` scalars.
+        """
+        matched = torch.stack(matched_idxs)  # (B, A)
+        foreground = matched >= 0
+        weights = self.normalizer(foreground.sum(dim=1))  # (B,)
+        img_idx, anchor_idx = foreground.nonzero(as_tuple=True)  # (F,) each
+        # Index of each foreground anchor's box among all boxes of the batch.
+        counts = torch.tensor([len(t["labels"]) for t in targets], device=matched.device)
+        offsets = counts.cumsum(0) - counts
+        box_idx = matched[img_idx, anchor_idx] + offsets[img_idx]
+        labels = torch.cat([t["labels"] for t in targets])[box_idx]
+        boxes = torch.cat([t["boxes"] for t in targets])[box_idx]
+        cls = self._classification_loss(
+            head_outputs["cls_logits"], matched, img_idx, anchor_idx, labels, weights
+        )
+        box = self._box_loss(
+            head_outputs["bbox_regression"][img_idx, anchor_idx],
+            torch.stack(anchors)[img_idx, anchor_idx],
+            boxes,
+            weights[img_idx],
+        )
+        return {"classification": cls, "bbox_regression": box}
+
+    def _classification_loss(
+        self,
+        cls_logits: Tensor,
+        matched: Tensor,
+        img_idx: Tensor,
+        anchor_idx: Tensor,
+        labels: Tensor,
+        weights: Tensor,
+    ) -> Tensor:
+        logits = cls_logits.float()  # loss in fp32 under autocast; no copy otherwise
+        target = torch.zeros_like(logits)
+        target[img_idx, anchor_idx, labels] = 1.0
+        loss = focal_loss(
+            logits, target, self.gamma, self.alpha, self.class_weights, reduction="none"
+        )
+        # Anchors between the IoU thresholds are ignored: masking beats gathering a copy.
+        valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
+        per_image = (loss.sum(dim=2) * valid).sum(dim=1)  # (B,)
+        return (per_image * weights).sum()
+
+    def _box_loss(self, regression: Tensor, anchors: Tensor, boxes: Tensor, weights: Tensor) -> Tensor:
+        """Foreground anchors only: regression (F, 4), anchors (F, 4), boxes (F, 4), weights (F,)."""
+        regression = regression.float()
+        coder = self.regression_head.box_coder
+        kind = self.regression_head._loss_type
+        if kind == "giou":
+            pred = coder.decode_single(regression, anchors)
+            per_anchor = generalized_box_iou_loss(pred, boxes, reduction="none", eps=1e-7)
+        else:
+            target = coder.encode_single(boxes, anchors)
+            if kind == "l1":
+                per_anchor = F.l1_loss(regression, target, reduction="none").sum(dim=1)
+            else:
+                per_anchor = F.smooth_l1_loss(regression, target, reduction="none").sum(dim=1)
+        return (per_anchor * weights).sum()
+
+
+def _focal_params(loss: LossConfig) -> tuple[float, float]:
+    """(gamma, alpha) for the configured loss; ``ce`` is plain sigmoid BCE."""
+    if loss.loss == "ce":
+        return 0.0, -1.0
+    if loss.loss != "focal":
+        raise ConfigError(f"loss must be focal|ce, not {loss.loss!r}")
+    if loss.gamma < 0:
+        raise ConfigError(f"focal gamma must be >= 0, got {loss.gamma}")
+    if loss.alpha > 1:
+        raise ConfigError(f"focal alpha must be <= 1 (negative disables it), got {loss.alpha}")
+    return float(loss.gamma), float(loss.alpha)
+
+
+def _class_weights(values: Sequence[float], num_classes: int) -> Tensor | None:
+    if not values:
+        return None
+    if len(values) != num_classes:
+        raise ConfigError(
+            f"{len(values)} class weights given for {num_classes} classes; give one per class"
+        )
+    if any(not v >= 0 for v in values):
+        raise ConfigError(f"class weights must be >= 0, got {list(values)}")
+    return torch.tensor([float(v) for v in values], dtype=torch.float32)
