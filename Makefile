@@ -34,3 +34,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# Build the container image and run analyze/train/predict on data_samples inside it
+# (CONTAINER_ENGINE=docker|podman, IMAGE, BASE_IMAGE, VARIANT, TORCH_INDEX_URL: see the script).
+docker-smoke:
+	bash scripts/docker_smoke.sh

@@ -59,8 +59,9 @@ def test_boxes_follow_objects(preset: str) -> None:
     ref_area = np.array([m.sum() for m in ref_out["masks"]], dtype=np.float64)
 
     base = build_transforms(AugmentConfig(preset=preset), SIZE, train=True)
-    t = A.Compose(base.transforms, bbox_params=base.processors["bboxes"].params,
-                  save_applied_params=True)
+    t = A.Compose(
+        base.transforms, bbox_params=base.processors["bboxes"].params, save_applied_params=True
+    )
     dropped = kept_partial = 0
     for seed in range(40):
         t.set_random_seed(seed)
@@ -124,12 +125,23 @@ def make_catalog(tmp_path: Path) -> Catalog:
     cv2.imwrite(str(tmp_path / "src.png"), cv2.cvtColor(source, cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(tmp_path / "dst.png"), cv2.cvtColor(target, cv2.COLOR_RGB2BGR))
     images = pd.DataFrame(
-        {"image_id": [1, 2], "file_name": ["src.png", "dst.png"], "width": [96, 96],
-         "height": [64, 64], "split": ["train", "train"]}
+        {
+            "image_id": [1, 2],
+            "file_name": ["src.png", "dst.png"],
+            "width": [96, 96],
+            "height": [64, 64],
+            "split": ["train", "train"],
+        }
     )
     boxes = pd.DataFrame(
-        {"image_id": [1, 1, 2], "class_id": [1, 0, 0], "x1": [30.0, 70.0, 4.0],
-         "y1": [20.0, 5.0, 4.0], "x2": [56.0, 90.0, 20.0], "y2": [40.0, 15.0, 20.0]}
+        {
+            "image_id": [1, 1, 2],
+            "class_id": [1, 0, 0],
+            "x1": [30.0, 70.0, 4.0],
+            "y1": [20.0, 5.0, 4.0],
+            "x2": [56.0, 90.0, 20.0],
+            "y2": [40.0, 15.0, 20.0],
+        }
     )
     return Catalog(tmp_path, ["scratch", "crack"], images, boxes)
 
@@ -182,7 +194,7 @@ def test_copy_paste_feathers_the_seam(tmp_path: Path) -> None:
     target = np.full((64, 96, 3), 30, dtype=np.uint8)
     cp = CopyPaste(catalog, rare_classes=[1], p=1.0, max_pastes=1)
     image, boxes, _ = cp(target, np.zeros((0, 4)), np.zeros(0), np.random.default_rng(1))
-    x1, y1, x2, y2 = boxes[0].astype(int)
+    x1, y1, _, y2 = boxes[0].astype(int)
     # the margin (source background 90) fades into the target (30): intermediate values
     margin_row = image[(y1 + y2) // 2, max(x1 - 4, 0) : x1, 0]
     assert margin_row.min() >= 30 and margin_row.max() <= 90

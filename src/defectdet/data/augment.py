@@ -51,7 +51,10 @@ def _augmentations(preset: str, rotate90: bool) -> list[A.BasicTransform]:
     else:  # heavy
         out += [
             A.Affine(
-                scale=(0.7, 1.3), translate_percent=(-0.15, 0.15), rotate=(-10, 10), p=0.7,
+                scale=(0.7, 1.3),
+                translate_percent=(-0.15, 0.15),
+                rotate=(-10, 10),
+                p=0.7,
                 **border,
             ),
             A.RandomBrightnessContrast(0.3, 0.3, p=0.7),
@@ -70,8 +73,12 @@ def _compose(augs: list[A.BasicTransform], image_size: int) -> A.Compose:
             A.LongestMaxSize(max_size=image_size),
             *augs,
             A.PadIfNeeded(
-                image_size, image_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                fill=0, fill_mask=0,
+                image_size,
+                image_size,
+                position="top_left",
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
             ),
         ],
         bbox_params=_bbox_params(),
@@ -232,6 +239,6 @@ class CopyPaste:
             out[y : y + ch, x : x + cw] = np.rint(alpha * crop + (1 - alpha) * region).astype(
                 np.uint8
             )
-            boxes = np.vstack([boxes, box + [x, y, x, y]])
+            boxes = np.vstack([boxes, box + np.array([x, y, x, y])])
             labels = np.append(labels, self._labels[j])
         return out, boxes, labels

@@ -218,3 +218,34 @@ def recall_at_false_alarm(truth: np.ndarray, score: np.ndarray, far: float) -> f
     fpr, tpr, _ = roc_curve(truth, score)
     ok = fpr <= far + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+# ---------------------------------------------------------------------------- PR curves
+def pr_curves(catalog: Catalog, detections: list[Detections]) -> dict:
+    """Per-class precision at COCO's 101 recall points, IoU 0.5, all areas, most detections
+    (``precision[0, :, k, 0, -1]`` of COCOeval; -1 where a recall level is never reached).
+
+    Returns ``{"recall": [101 floats], "precision": {class name: [101 floats] or None}}``
+    (None: the class has no ground truth or there are no detections).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    recall = np.linspace(0.0, 1.0, 101).round(2).tolist()
+    curves: dict[str, list[float] | None] = dict.fromkeys(catalog.classes)
+    results = to_coco_results(detections)
+    if not results or not len(catalog.boxes):
+        return {"recall": recall, "precision": curves}
+    gt = COCO()
+    gt.dataset = catalog.to_coco()
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
+        ev.params.maxDets = [1, 10, max(100, _max_dets(detections))]
+        ev.evaluate()
+        ev.accumulate()
+    precision = ev.eval["precision"]
+    for k, name in enumerate(catalog.classes):
+        p = precision[0, :, k, 0, -1]
+        curves[name] = p.round(4).tolist() if (p > -1).any() else None
+    return {"recall": recall, "precision": curves}

@@ -1,4 +1,4 @@
-"""Anchor shapes: torchvision's defaults, and anchors fitted to a dataset's boxes (``--anchors auto``).
+"""Anchor shapes: torchvision's defaults, and anchors fitted to the boxes (``--anchors auto``).
 
 Each pyramid level ``l`` (stride ``2**l``) gets one base size ``s`` and, as in RetinaNet, three
 scales ``s * 2**(0, 1/3, 2/3)`` times each aspect ratio (``h / w``, torchvision's convention):
@@ -43,7 +43,9 @@ def default_anchor_sizes(min_level: int, max_level: int) -> list[float]:
     return [4.0 * 2**level for level in range(min_level, max_level + 1)]
 
 
-def make_anchor_generator(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> AnchorGenerator:
+def make_anchor_generator(
+    sizes: Sequence[float], aspect_ratios: Sequence[float]
+) -> AnchorGenerator:
     """One ``AnchorGenerator`` entry per level: 3 scales of its base size x the aspect ratios."""
     per_level = tuple(tuple(float(s) * k for k in SCALES_PER_LEVEL) for s in sizes)
     ratios = (tuple(float(r) for r in aspect_ratios),) * len(per_level)
@@ -55,7 +57,9 @@ def _box_sizes(box_wh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wh = np.asarray(box_wh, dtype=np.float64).reshape(-1, 2)
     ok = np.isfinite(wh).all(axis=1) & (wh > 0).all(axis=1)
     if not ok.any():
-        raise ConfigError("cannot fit anchors: the training data has no boxes; use --anchors default")
+        raise ConfigError(
+            "cannot fit anchors: the training data has no boxes; use --anchors default"
+        )
     return wh[ok, 0], wh[ok, 1]
 
 

@@ -25,7 +25,9 @@ def resolve_device(spec: str) -> torch.device:
     if not match:
         raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+        why = (
+            "this PyTorch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+        )
         raise ConfigError(f"device {spec!r} requested but CUDA is not available ({why}); use cpu")
     if match.group(1) is None:
         return torch.device("cuda")

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
@@ -74,6 +75,10 @@ class LossNormalizer(nn.Module):
       ``ema`` buffer (saved with the model) and starts at the first batch's count, not
       detectron2's arbitrary 100; it is updated only in training mode;
     * ``image``: ``1 / (batch size * max(1, image's foreground))``, torchvision's rule.
+
+    Under DistributedDataParallel (training mode) the batch total is the mean over ranks
+    (an all-reduce every step on every rank), so that DDP's gradient averaging gives the global
+    batch's sum over the global foreground count, and the EMA stays identical on every rank.
     """
 
     def __init__(self, mode: Normalizer = "batch", momentum: float = 0.9) -> None:
@@ -89,10 +94,19 @@ class LossNormalizer(nn.Module):
         n = num_foreground.to(torch.float32)
         if self.mode == "image":
             return 1.0 / (n.clamp(min=1) * n.numel())
-        total = n.sum().clamp(min=1)
+        total = self._across_ranks(n.sum()).clamp(min=1)
         if self.mode == "ema":
             total = self._update_ema(total)
         return (1.0 / total).expand_as(n)
+
+    def _across_ranks(self, total: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return total
+        world = dist.get_world_size()
+        if world > 1:
+            dist.all_reduce(total)  # a fresh tensor from sum(): reducing in place is safe
+            total = total / world
+        return total
 
     @torch.no_grad()
     def _update_ema(self, total: Tensor) -> Tensor:
@@ -112,7 +126,10 @@ def _set_convs(branch: nn.Module, channels: int, num_convs: int, norm_layer) -> 
     if num_convs == len(branch.conv):
         return
     branch.conv = nn.Sequential(
-        *(misc.Conv2dNormActivation(channels, channels, norm_layer=norm_layer) for _ in range(num_convs))
+        *(
+            misc.Conv2dNormActivation(channels, channels, norm_layer=norm_layer)
+            for _ in range(num_convs)
+        )
     )
     for layer in branch.conv.modules():
         if isinstance(layer, nn.Conv2d):
@@ -217,8 +234,10 @@ class DefectRetinaNetHead(RetinaNetHead):
         per_image = (loss.sum(dim=2) * valid).sum(dim=1)  # (B,)
         return (per_image * weights).sum()
 
-    def _box_loss(self, regression: Tensor, anchors: Tensor, boxes: Tensor, weights: Tensor) -> Tensor:
-        """Foreground anchors only: regression (F, 4), anchors (F, 4), boxes (F, 4), weights (F,)."""
+    def _box_loss(
+        self, regression: Tensor, anchors: Tensor, boxes: Tensor, weights: Tensor
+    ) -> Tensor:
+        """Foreground anchors: regression (F, 4), anchors (F, 4), boxes (F, 4), weights (F,)."""
         regression = regression.float()
         coder = self.regression_head.box_coder
         kind = self.regression_head._loss_type

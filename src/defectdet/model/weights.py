@@ -17,13 +17,26 @@ from typing import Any
 from urllib.parse import urlparse
 
 import torch
+import torchvision
 from torch import Tensor, nn
 
 from defectdet.config import LossConfig, ModelConfig, from_dict
 from defectdet.errors import CheckpointError, ConfigError
 from defectdet.io import atomic_open
 
-_PLAIN = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size)
+_PLAIN = (
+    Tensor,
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.dtype,
+    torch.device,
+    torch.Size,
+)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -41,7 +54,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def _check_plain(obj: Any, where: str) -> None:
     """Raise CheckpointError naming the first value ``weights_only`` loading would refuse."""
-    if isinstance(obj, Tensor | _PLAIN):
+    if isinstance(obj, _PLAIN):
         return
     if isinstance(obj, Mapping):
         for key, value in obj.items():
@@ -182,7 +195,11 @@ def load_matching(model: nn.Module, state: Mapping[str, Tensor], source: str) ->
         if target is not None and target.shape == value.shape:
             keep[name] = value
             continue
-        why = "not in this model" if target is None else f"{tuple(value.shape)} vs {tuple(target.shape)}"
+        why = (
+            "not in this model"
+            if target is None
+            else f"{tuple(value.shape)} vs {tuple(target.shape)}"
+        )
         (skipped if name.startswith("head.") else bad).append(f"{name}: {why}")
     missing = [
         n
@@ -198,3 +215,56 @@ def load_matching(model: nn.Module, state: Mapping[str, Tensor], source: str) ->
     skipped += [f"{n}: missing from {source}" for n in missing if n.startswith("head.")]
     model.load_state_dict(keep, strict=False)
     return sorted(set(skipped))
+
+
+def load_backbone_weights(net: nn.Module, backbone: str, spec: str) -> None:
+    """Load ``spec`` ("none" | "imagenet" | PATH) into a torchvision classifier ``net``.
+
+    "imagenet" is the backbone's ``DEFAULT`` weights through torch hub's cache (a pre-filled
+    ``$TORCH_HOME`` works offline). A PATH may hold a classifier state dict, a DataParallel one,
+    or a detection model's ``backbone.body.*`` tensors.
+    """
+    if spec == "none":
+        return
+    if spec == "imagenet":
+        url = torchvision.models.get_model_weights(backbone).DEFAULT.url
+        advice = "pass --backbone-weights PATH, or use --backbone-weights none"
+        state = hub_state_dict(url, f"ImageNet weights for {backbone}", advice)
+    else:
+        state = _backbone_keys(load_state_dict_file(spec), backbone)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ConfigError(f"{spec} does not hold {backbone} weights: {exc}") from exc
+    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "classifier."))]
+    if missing:
+        raise ConfigError(
+            f"{spec} does not hold {backbone} weights: {len(missing)} tensors missing, "
+            f"e.g. {', '.join(missing[:3])}"
+        )
+
+
+def _backbone_keys(state: dict[str, Tensor], backbone: str) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("backbone.body."):
+            key = key.removeprefix("backbone.body.")
+            key = key if backbone.startswith("resnet") else f"features.{key}"
+        out[key] = value
+    return out
+
+
+def load_coco_weights(model: nn.Module) -> None:
+    """torchvision's COCO ``retinanet_resnet50_fpn``, all but its 91-class ``cls_logits``."""
+    from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
+
+    url = RetinaNet_ResNet50_FPN_Weights.COCO_V1.url
+    state = hub_state_dict(url, "COCO RetinaNet weights", "or drop --weights coco")
+    # A plain dict has no version metadata, so torchvision's head converts v1 key names itself.
+    state = {k: v for k, v in state.items() if ".cls_logits." not in k}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if ".cls_logits." not in k]
+    missing = [k for k in missing if ".normalizer." not in k]
+    if missing or result.unexpected_keys:
+        raise ConfigError(f"COCO weights do not fit: {(missing + result.unexpected_keys)[:3]}")

@@ -1,0 +1,86 @@
+"""Per-epoch metrics of a run: ``metrics.csv`` (rewritten atomically each epoch), the epoch line
+on the console, and the ``training.png`` plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from defectdet.console import out
+from defectdet.io import atomic_open
+
+#: Columns shown in the epoch line, in order, when present.
+_LINE = ("train_loss", "train_cls", "train_box", "map50", "mean_class_ap50", "defect_recall",
+         "false_alarm_rate")
+
+
+def flat_metrics(metrics: dict | None, class_names: list[str]) -> dict:
+    """Validation metrics as flat CSV columns (per-class AP50 as ``ap50_<class>``)."""
+    if not metrics:
+        return {}
+    row = {k: metrics[k] for k in ("map", "map50", "mean_class_ap50")}
+    for c in metrics["classes"]:
+        row[f"ap50_{c['name']}"] = c["ap50"]
+    il = metrics["image_level"]
+    for k in ("defect_recall", "false_alarm_rate", "balanced_accuracy", "accuracy", "auroc"):
+        row[k] = il.get(k)
+    return row
+
+
+class History:
+    def __init__(self, run_dir: Path, class_names: list[str]):
+        self.run_dir, self.class_names = Path(run_dir), class_names
+        self.rows: list[dict] = []
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def write(self) -> None:
+        with atomic_open(self.run_dir / "metrics.csv", "w", encoding="utf-8", newline="") as fh:
+            self.frame().to_csv(fh, index=False, float_format="%.5g")
+
+    def print_epoch(self, row: dict, select_metric: str, improved: bool) -> None:
+        parts = [f"epoch {row['epoch']}"]
+        for k in _LINE:
+            v = row.get(k)
+            if v is not None and v == v:
+                parts.append(f"{k} {v:.4f}")
+        worst = _worst_class(row, self.class_names)
+        if worst:
+            parts.append(f"worst class {worst[0]} AP50 {worst[1]:.3f}")
+        parts.append(f"{row['seconds']:.1f}s")
+        out.print("  ".join(parts) + ("  [green]*best*[/]" if improved else ""))
+
+    def plot(self) -> None:
+        """Loss and validation curves (per-class AP50 beside the mean) as training.png."""
+        if not self.rows:
+            return
+        from matplotlib.figure import Figure
+
+        df = self.frame()
+        fig = Figure(figsize=(11, 4), dpi=100)
+        ax1, ax2 = fig.subplots(1, 2)
+        for k in ("train_loss", "train_cls", "train_box"):
+            if k in df:
+                ax1.plot(df["epoch"], df[k], marker="o", label=k.removeprefix("train_"))
+        ax1.set(xlabel="epoch", ylabel="loss", title="training loss")
+        ax1.legend()
+        for k in ("map50", "mean_class_ap50", *[f"ap50_{c}" for c in self.class_names]):
+            if k in df and df[k].notna().any():
+                style = "-" if not k.startswith("ap50_") else ":"
+                ax2.plot(df["epoch"], df[k], style, marker=".", label=k)
+        ax2.set(xlabel="epoch", ylabel="AP", title="validation", ylim=(0, 1))
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        with atomic_open(self.run_dir / "training.png", "wb") as fh:
+            fig.savefig(fh, format="png")
+
+
+def _worst_class(row: dict, class_names: list[str]) -> tuple[str, float] | None:
+    values = [(c, row.get(f"ap50_{c}")) for c in class_names]
+    values = [(c, v) for c, v in values if v is not None and v == v]
+    return min(values, key=lambda cv: cv[1]) if values else None

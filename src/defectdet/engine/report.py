@@ -1,0 +1,285 @@
+"""``defectdet evaluate``: score a checkpoint on a dataset split, show it per class and per image,
+and plot PR curves and the confusion matrix.
+
+The numbers come from :func:`~defectdet.engine.evaluate.detect_catalog` and
+:func:`~defectdet.engine.metrics.evaluate_detections` (the same code that validates during
+training); this module picks the split, lines up the model's classes with the data's, and
+renders. Image-level balanced accuracy is printed next to plain accuracy and the "always ok"
+baseline: on a line where 95 % of parts are fine, 95 % accuracy can mean a detector that never
+fires.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from defectdet.console import warn
+from defectdet.data.catalog import Catalog
+from defectdet.engine.metrics import Detections, evaluate_detections, pr_curves
+from defectdet.engine.predict import class_thresholds, parse_class_conf
+from defectdet.errors import ConfigError
+from defectdet.io import atomic_open
+
+EVAL_SPLITS = ("val", "valid", "validation", "test")
+
+
+@dataclass
+class EvaluateOptions:
+    """``evaluate`` options besides DATA (CLI defaults)."""
+
+    weights: Path
+    split: str | None = None  # None = val/test when present, else all images; "all" = all
+    conf: float = 0.25
+    class_conf: str | dict[str, float] | None = None
+    iou: float = 0.5  # NMS IoU
+    batch_size: int = 8
+    workers: int = 2
+    device: str = "auto"
+
+
+def choose_split(catalog: Catalog, split: str | None) -> tuple[Catalog, str]:
+    """The catalogue part to evaluate on, and its name."""
+    present = catalog.splits()
+    if split == "all" or (split is None and not set(EVAL_SPLITS) & set(present)):
+        return catalog, "all"
+    if split is None:
+        split = next(s for s in EVAL_SPLITS if s in present)
+    if split not in present:
+        have = ", ".join(present) if present else "none (use --split all)"
+        raise ConfigError(f"--split {split!r} is not in the data; splits: {have}")
+    return catalog.split_subset(split), split
+
+
+def class_mapping(model_classes: list[str], data_classes: list[str]) -> np.ndarray:
+    """(K_model,) index of each model class in the data's class list.
+
+    Raises:
+        ConfigError: a model class the data does not have (another dataset?).
+    """
+    missing = [c for c in model_classes if c not in data_classes]
+    if missing:
+        raise ConfigError(
+            f"the model's classes ({', '.join(model_classes)}) do not match the data's "
+            f"({', '.join(data_classes)}): {', '.join(missing)} missing from the data"
+        )
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        warn(f"the model was not trained on {', '.join(unknown)}: those classes score 0")
+    return np.array([data_classes.index(c) for c in model_classes], dtype=np.int64)
+
+
+def evaluate_checkpoint(catalog: Catalog, opts: EvaluateOptions, data_name: str = "") -> dict:
+    """Run the checkpoint over the chosen split and return the full report (JSON-ready)."""
+    from defectdet.engine.evaluate import detect_catalog
+    from defectdet.model import model_from_checkpoint, resolve_device
+
+    if not 0 <= opts.conf <= 1 or not 0 < opts.iou <= 1:
+        raise ConfigError("--conf must be in [0, 1] and --iou in (0, 1]")
+    device = resolve_device(opts.device)
+    part, split = choose_split(catalog, opts.split)
+    model, cfg = model_from_checkpoint(opts.weights, device)
+    names = list(cfg.class_names)
+    mapping = class_mapping(names, part.classes)
+    per_class = parse_class_conf(opts.class_conf, names)
+    thr_model = class_thresholds(opts.conf, per_class, len(names))
+    # Low-scoring detections still count for AP; the thresholds apply to the rest.
+    model.score_thresh = float(min(cfg.score_thresh, thr_model.min()))
+    model.nms_thresh = opts.iou
+    t0 = time.perf_counter()
+    dets = detect_catalog(
+        model,
+        part,
+        cfg.image_size,
+        device,
+        batch_size=opts.batch_size,
+        workers=opts.workers,
+        channels_last=device.type == "cuda",
+    )
+    dets = [Detections(d.image_id, d.boxes, d.scores, mapping[d.labels]) for d in dets]
+    conf: float | dict[int, float] = float(opts.conf)
+    if per_class:
+        conf = {int(mapping[k]): float(t) for k, t in enumerate(thr_model)}
+        conf |= {k: float(opts.conf) for k in range(part.num_classes) if k not in conf}
+    metrics = evaluate_detections(part, dets, conf)
+    return {
+        "weights": str(opts.weights),
+        "data": data_name,
+        "split": split,
+        "images": part.num_images,
+        "classes": part.classes,
+        "thresholds": _threshold_map(conf, part.classes),
+        "nms_iou": opts.iou,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "metrics": metrics,
+        "pr_curves": pr_curves(part, dets),
+    }
+
+
+def _threshold_map(conf: float | dict[int, float], classes: list[str]) -> dict[str, float]:
+    if isinstance(conf, dict):
+        return {c: conf[k] for k, c in enumerate(classes)}
+    return dict.fromkeys(classes, conf)
+
+
+# ---------------------------------------------------------------------------- rendering
+def _f(value: float | None, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if pct else f"{value:.3f}"
+
+
+def render_evaluation(report: dict, console: Console) -> None:
+    """Per-class table, summary, image-level block and confusion matrix."""
+    m = report["metrics"]
+    console.print(
+        f"[bold]evaluate[/] {escape(report['weights'])} on {escape(report['data'])} "
+        f"split {report['split']}: {report['images']} images "
+        f"({report['seconds']:.1f} s)"
+    )
+    console.print(_class_table(report))
+    summary = Table(title="summary", title_justify="left")
+    for col in ("mAP@[.5:.95]", "mAP50", "mean per-class AP50"):
+        summary.add_column(col, justify="right")
+    summary.add_row(_f(m["map"]), _f(m["map50"]), _f(m["mean_class_ap50"]))
+    console.print(summary)
+    _image_level(m["image_level"], console)
+    console.print(_confusion_table(m))
+
+
+def _class_table(report: dict) -> Table:
+    t = Table(title="per class (precision/recall at the thresholds, IoU 0.5)", title_justify="left")
+    for col in ("class", "instances", "AP", "AP50", "precision", "recall", "threshold"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for c in report["metrics"]["classes"]:
+        t.add_row(
+            escape(c["name"]),
+            str(c["instances"]),
+            _f(c["ap"]),
+            _f(c["ap50"]),
+            _f(c["precision"]),
+            _f(c["recall"]),
+            f"{report['thresholds'][c['name']]:g}",
+        )
+    return t
+
+
+def _image_level(il: dict, console: Console) -> None:
+    """Defect-vs-ok figures; balanced accuracy beside plain accuracy and the always-ok line."""
+    t = Table(
+        title=f"image level: defect vs ok ({il['defect_images']} defect, "
+        f"{il['ok_images']} ok images)",
+        title_justify="left",
+    )
+    cols = (
+        "defect recall",
+        "false-alarm rate",
+        "AUROC",
+        "recall @ 5% FAR",
+        "balanced accuracy",
+        "accuracy",
+        'always-"ok" accuracy',
+    )
+    for col in cols:
+        t.add_column(col, justify="right")
+    t.add_row(
+        _f(il["defect_recall"], True),
+        _f(il["false_alarm_rate"], True),
+        _f(il["auroc"]),
+        _f(il["recall_at_far_5"], True),
+        _f(il["balanced_accuracy"], True),
+        _f(il["accuracy"], True),
+        _f(il["always_ok_accuracy"], True),
+    )
+    console.print(t)
+    acc, base = il["accuracy"], il["always_ok_accuracy"]
+    if acc is not None and base is not None and acc - base < 0.05:
+        console.print(
+            f"[yellow]note:[/] accuracy {acc:.1%} is barely above (or below) the "
+            f'{base:.1%} of answering "ok" for every image; judge the model by '
+            "defect recall, false-alarm rate and balanced accuracy"
+        )
+
+
+def _confusion_table(m: dict) -> Table:
+    labels = m["confusion_labels"]
+    t = Table(
+        title="confusion matrix (rows: truth, columns: predicted; background = missed "
+        "defect / false alarm)",
+        title_justify="left",
+    )
+    t.add_column("truth \\ predicted", justify="left")
+    for name in labels:
+        t.add_column(escape(name), justify="right")
+    for name, row in zip(labels, m["confusion_matrix"], strict=True):
+        t.add_row(escape(name), *(str(v) for v in row))
+    return t
+
+
+# ---------------------------------------------------------------------------- plots
+def plot_evaluation(report: dict, folder: Path) -> list[Path]:
+    """``pr_curves.png`` and ``confusion_matrix.png`` in ``folder`` (atomic writes)."""
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pr = Figure(figsize=(7, 5.5), layout="constrained")
+    _pr_axes(pr.subplots(), report)
+    cm = Figure(figsize=(2.5 + 0.7 * len(report["classes"]),) * 2, layout="constrained")
+    _cm_axes(cm.subplots(), report["metrics"])
+    paths = [folder / "pr_curves.png", folder / "confusion_matrix.png"]
+    for fig, path in zip((pr, cm), paths, strict=True):
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+    return paths
+
+
+def _pr_axes(ax, report: dict) -> None:
+    curves = report["pr_curves"]
+    ap50 = {c["name"]: c["ap50"] for c in report["metrics"]["classes"]}
+    recall = np.asarray(curves["recall"])
+    for name, precision in curves["precision"].items():
+        if precision is None:
+            continue
+        p = np.asarray(precision, dtype=float)
+        p[p < 0] = np.nan  # recall level never reached
+        ax.plot(recall, p, linewidth=1.5, label=f"{name} (AP50 {_f(ap50.get(name))})")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="recall",
+        ylabel="precision",
+        title="precision-recall per class (IoU 0.5)",
+    )
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="lower left")
+
+
+def _cm_axes(ax, m: dict) -> None:
+    """Colour = share of the truth row; text = counts."""
+    cm = np.asarray(m["confusion_matrix"], dtype=float)
+    labels = m["confusion_labels"]
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="truth", title="confusion matrix (IoU 0.5)")
+    ax.set_title("colour: share of the truth row", loc="right", fontsize=7, color="0.4")

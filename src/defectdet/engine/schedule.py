@@ -1,0 +1,45 @@
+"""Optimiser and learning-rate schedule: linear warm-up, then cosine or step decay, per step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from defectdet.config import OptimConfig
+from defectdet.errors import ConfigError
+
+#: Warm-up starts at this fraction of the base learning rate (torchvision's references: 0.001).
+WARMUP_START = 0.001
+#: Cosine decay ends at this fraction of the base learning rate.
+COSINE_FLOOR = 0.01
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
+    """Multiplier of the base learning rate after ``step`` optimiser steps."""
+    warmup = min(cfg.warmup_iters, max(total_steps - 1, 0))
+    if step < warmup:
+        return WARMUP_START + (1 - WARMUP_START) * step / warmup
+    if cfg.schedule == "step":
+        done = step / max(total_steps, 1)
+        return 0.1 ** sum(done >= m for m in cfg.step_milestones)
+    progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+    return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg, total_steps)
+    )

@@ -1,0 +1,369 @@
+"""The training loop: RetinaNet with the configured loss, sampler and augmentation; validation
+per class; atomic, resumable checkpoints; DDP under torchrun.
+
+Run folder (``runs/train/NAME``): ``config.yaml`` (the resolved config), ``metrics.csv`` (a row
+per epoch), ``weights/last.pt`` (everything needed to resume) and ``weights/best.pt`` (the model
+with the best ``--select-metric``), ``training.png``.
+
+Ctrl-C finishes the current step, saves a resumable ``last.pt`` (mid-epoch: the steps already
+done are skipped on resume, in the same order) and exits; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from defectdet import __version__
+from defectdet.config import TrainConfig, from_dict
+from defectdet.console import err, out
+from defectdet.data.augment import (
+    CopyPaste,
+    build_minority_transforms,
+    build_transforms,
+    find_rare_classes,
+)
+from defectdet.data.dataset import DetectionDataset, make_loader, set_epoch
+from defectdet.data.sampling import EpochSampler
+from defectdet.engine import distributed as ddp
+from defectdet.engine.evaluate import amp_dtype, evaluate_model, to_model_input
+from defectdet.engine.history import History, flat_metrics
+from defectdet.engine.progress import TrainProgress, print_sampling
+from defectdet.engine.schedule import build_optimizer, build_scheduler
+from defectdet.engine.setup import load_run_data, new_run_dir, resolve_config
+from defectdet.errors import CheckpointError, DefectdetError
+from defectdet.io import write_text
+from defectdet.model import (
+    autocast_enabled,
+    build_model,
+    channels_last_enabled,
+    load_checkpoint,
+    prepare_model,
+    resolve_device,
+    save_checkpoint,
+)
+
+
+class TrainingDiverged(DefectdetError):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, after a resumable checkpoint was saved."""
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
+    """Train (or resume) a run; returns the run folder."""
+    info = ddp.init_distributed(cfg.run.device)
+    try:
+        return Trainer(cfg, info, resume).fit()
+    finally:
+        ddp.cleanup(info)
+
+
+def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """The run folder and its ``last.pt`` for ``--resume RUN`` (a run folder or a .pt file)."""
+    path = Path(path)
+    ckpt_path = path if path.suffix == ".pt" else path / "weights" / "last.pt"
+    run_dir = ckpt_path.parent.parent
+    ckpt = load_checkpoint(ckpt_path)
+    if "optimizer" not in ckpt or "state" not in ckpt:
+        raise CheckpointError(f"{ckpt_path} is not a resumable checkpoint (use last.pt)")
+    return run_dir, ckpt
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, info: ddp.DistInfo, resume: str | Path | None):
+        self.info = info
+        ckpt = None
+        if resume is not None:
+            run_dir, ckpt = resume_checkpoint(resume)
+            cfg = from_dict(TrainConfig, ckpt["config"])
+        self.device = resolve_device(ddp.device_for(info, cfg.run.device))
+        torch.manual_seed(cfg.run.seed)
+        self.data = load_run_data(cfg)
+        if info.is_main:
+            from defectdet.console import print_problems
+
+            print_problems(self.data.catalog.problems)
+        self.cfg = cfg = resolve_config(cfg, self.data)
+        if ckpt is None:
+            run_dir = new_run_dir(cfg) if info.is_main else None
+            run_dir = ddp.broadcast(info, run_dir)
+            cfg.run.name = Path(run_dir).name
+        self.run_dir = Path(run_dir)
+        if info.is_main:
+            write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+        self.amp = autocast_enabled(cfg.run.amp, self.device)
+        self.channels_last = channels_last_enabled(cfg.run.channels_last, self.device)
+        self.model = prepare_model(build_model(cfg.model, cfg.loss), self.device,
+                                   self.channels_last)
+        self.ddp_model = self._wrap(self.model)
+        self.loader, self.sampler = self._build_loader()
+        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
+                      "total_steps": self._total_steps(), "best": -math.inf, "best_epoch": -1,
+                      "bad_epochs": 0}
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.state["total_steps"])
+        use_scaler = self.amp and amp_dtype(self.device) == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.history = History(self.run_dir, cfg.model.class_names)
+        if ckpt is not None:
+            self._load_state(ckpt)
+        self._stop_requested = False
+
+    # ------------------------------------------------------------------ set-up pieces
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if not self.info.enabled:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _build_loader(self):
+        cfg, train = self.cfg, self.data.train
+        size = cfg.model.image_size
+        counts = np.bincount(train.boxes["class_id"], minlength=train.num_classes)
+        rare = find_rare_classes(counts)
+        copy_paste = (CopyPaste(train, rare, p=cfg.augment.copy_paste)
+                      if cfg.augment.copy_paste > 0 and rare else None)
+        dataset = DetectionDataset(
+            train, size, build_transforms(cfg.augment, size, train=True),
+            minority_transforms=build_minority_transforms(cfg.augment, size)
+            if cfg.augment.minority else None,
+            rare_classes=rare, copy_paste=copy_paste, seed=cfg.run.seed, uint8=True,
+        )
+        sampler = ResumableSampler(EpochSampler(train.image_class_counts(), cfg.sampler,
+                                                cfg.run.seed, self.info.rank,
+                                                self.info.world_size))
+        return make_loader(dataset, sampler, cfg.optim.batch_size, cfg.run.workers, True), sampler
+
+    def _total_steps(self) -> int:
+        per_epoch = math.ceil(len(self.sampler) / self.cfg.optim.batch_size)
+        total = per_epoch * self.cfg.optim.epochs
+        return min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
+
+    # ------------------------------------------------------------------ checkpoints
+    def _payload(self, full: bool, metrics: dict | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "kind": "defectdet-checkpoint", "version": __version__,
+            "model": self.model.state_dict(), "config": self.cfg.to_dict(),
+            "classes": list(self.cfg.model.class_names), "epoch": self.state["epoch"],
+            "metrics": metrics or {},
+        }
+        if full:
+            payload |= {
+                "state": dict(self.state), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "sampler": self.sampler.state_dict(), "history": self.history.rows,
+                "rng": {"torch": torch.get_rng_state()},
+            }
+        return payload
+
+    def _load_state(self, ckpt: dict) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.sampler.load_state_dict(ckpt["sampler"])
+            self.state.update(ckpt["state"])
+            self.history.rows = list(ckpt.get("history", []))
+            torch.set_rng_state(ckpt["rng"]["torch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"cannot resume from this checkpoint: {exc}") from exc
+
+    def _save_last(self) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.run_dir / "weights" / "last.pt", self._payload(full=True))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        if self.info.is_main:
+            self._announce()
+        with _GracefulInterrupt(self):
+            for epoch in range(self.state["epoch"], self.cfg.optim.epochs):
+                t0 = time.perf_counter()
+                losses = self._train_epoch(epoch)
+                if self._stop_requested:
+                    self._save_last()
+                    raise Interrupted(self._resume_hint())
+                self.state.update(epoch=epoch + 1, step_in_epoch=0)
+                if self._end_epoch(epoch, losses, time.perf_counter() - t0):
+                    break
+        if self.info.is_main:
+            self._finish()
+        return self.run_dir
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        set_epoch(self.loader, epoch)
+        self.sampler.skip = self.state["step_in_epoch"] * self.cfg.optim.batch_size
+        self.ddp_model.train()
+        sums: dict[str, float] = {}
+        steps = 0
+        with TrainProgress(epoch, self.cfg.optim.epochs, len(self.loader),
+                           enabled=self.info.is_main) as bar:
+            for images, targets in self.loader:
+                parts = self._step(images, targets)
+                steps += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(len(targets) * self.info.world_size, parts,
+                           self.optimizer.param_groups[0]["lr"])
+                if self._stop_requested or self._out_of_steps():
+                    break
+        self.sampler.skip = 0
+        return {k: v / max(steps, 1) for k, v in sums.items()}
+
+    def _step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
+        batch = to_model_input(images, self.device, self.channels_last)
+        tgts = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+                for t in targets]
+        with torch.autocast(self.device.type, dtype=amp_dtype(self.device), enabled=self.amp):
+            loss_dict = self.ddp_model(list(batch), tgts)
+        loss = sum(loss_dict.values())
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(self._diverged_message(float(loss.detach())))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.state["global_step"] += 1
+        self.state["step_in_epoch"] += 1
+        parts = {"loss": float(loss.detach()), "cls": float(loss_dict["classification"].detach()),
+                 "box": float(loss_dict["bbox_regression"].detach())}
+        return {k: ddp.all_reduce_mean(self.info, v) for k, v in parts.items()}
+
+    def _out_of_steps(self) -> bool:
+        return bool(self.cfg.run.max_steps) and self.state["global_step"] >= self.cfg.run.max_steps
+
+    def _diverged_message(self, value: float) -> str:
+        s = self.state
+        return (f"the loss became {value} at epoch {s['epoch'] + 1}, step "
+                f"{s['step_in_epoch'] + 1} (global step {s['global_step'] + 1}). Try a lower "
+                f"--lr (now {self.cfg.optim.lr:g}), a longer warm-up (--warmup-iters), "
+                f"--grad-clip, {'--no-amp, ' if self.amp else ''}and check the data for "
+                "broken boxes (defectdet analyze --strict). The last good checkpoint is "
+                f"{self.run_dir / 'weights' / 'last.pt'}.")
+
+    def _end_epoch(self, epoch: int, losses: dict[str, float], seconds: float) -> bool:
+        """Validate, log, checkpoint; True when training should stop now."""
+        cfg = self.cfg
+        last = epoch + 1 == cfg.optim.epochs or self._out_of_steps()
+        metrics = None
+        due = (epoch + 1) % max(cfg.run.eval_interval, 1) == 0 or last
+        if due and self.info.is_main and self.data.val.num_images:
+            metrics, _ = evaluate_model(
+                self.model, self.data.val, cfg.model.image_size, self.device, conf=cfg.run.conf,
+                batch_size=cfg.optim.batch_size, workers=cfg.run.workers, amp=self.amp,
+                channels_last=self.channels_last,
+            )
+        stop = False
+        if self.info.is_main:
+            stop = self._record(epoch, losses, metrics, seconds)
+        stop = bool(ddp.broadcast(self.info, stop))
+        return stop or self._out_of_steps()
+
+    def _record(self, epoch: int, losses: dict, metrics: dict | None, seconds: float) -> bool:
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in losses.items()},
+               "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
+               **flat_metrics(metrics, self.cfg.model.class_names)}
+        self.history.append(row)
+        value = row.get(self.cfg.run.select_metric)
+        improved = metrics is not None and value is not None and value > self.state["best"]
+        if improved or self.state["best_epoch"] < 0:
+            self.state.update(best=value if value is not None else -math.inf,
+                              best_epoch=epoch + 1, bad_epochs=0)
+            save_checkpoint(self.run_dir / "weights" / "best.pt", self._payload(False, metrics))
+        elif metrics is not None:
+            self.state["bad_epochs"] += 1
+        self._save_last()
+        self.history.write()
+        self.history.print_epoch(row, self.cfg.run.select_metric, improved)
+        patience = self.cfg.run.patience
+        if patience and self.state["bad_epochs"] >= patience:
+            out.print(f"early stop: no {self.cfg.run.select_metric} gain in {patience} "
+                      f"evaluations (best at epoch {self.state['best_epoch']})")
+            return True
+        return False
+
+    # ------------------------------------------------------------------ messages
+    def _announce(self) -> None:
+        cfg = self.cfg
+        out.print(f"[bold]run[/] {self.run_dir}  device {self.device}"
+                  f"{' (AMP)' if self.amp else ''}  world {self.info.world_size}  "
+                  f"train {self.data.train.num_images} / val {self.data.val.num_images} images  "
+                  f"image size {cfg.model.image_size}  {cfg.model.backbone}  "
+                  f"loss {cfg.loss.loss}" + (f" γ={cfg.loss.gamma:g} α={cfg.loss.alpha:g}"
+                                             if cfg.loss.loss == "focal" else ""))
+        print_sampling(self.sampler.inner.stats(), cfg.model.class_names)
+        if self.state["global_step"]:
+            out.print(f"resuming at epoch {self.state['epoch'] + 1}, step "
+                      f"{self.state['step_in_epoch']} (global step {self.state['global_step']})")
+
+    def _resume_hint(self) -> str:
+        return (f"saved a resumable checkpoint; continue with: defectdet train --resume "
+                f"{self.run_dir}")
+
+    def _finish(self) -> None:
+        self.history.plot()
+        s = self.state
+        out.print(f"done: best {self.cfg.run.select_metric} = "
+                  f"{s['best'] if s['best'] > -math.inf else 'n/a'} at epoch {s['best_epoch']}; "
+                  f"weights in {self.run_dir / 'weights'}")
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """An :class:`EpochSampler` whose epoch can start ``skip`` indices in (mid-epoch resume)."""
+
+    def __init__(self, inner: EpochSampler):
+        self.inner, self.skip = inner, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self):
+        return iter(self.inner.indices[self.skip:].tolist())
+
+    def __len__(self) -> int:
+        return max(len(self.inner) - self.skip, 0)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C: finish the step, save, stop. Second: stop at once."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.previous = trainer, None
+
+    def _handler(self, signum, frame) -> None:
+        if self.trainer._stop_requested:
+            raise KeyboardInterrupt
+        self.trainer._stop_requested = True
+        err.print("[yellow]interrupt: finishing this step and saving a resumable checkpoint "
+                  "(Ctrl-C again to stop at once)[/]")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

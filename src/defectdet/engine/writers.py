@@ -1,0 +1,223 @@
+"""Streaming outputs of ``predict``: rows are appended and flushed after every batch, so memory
+stays flat over any number of images and a crash keeps everything written before it.
+
+Files in the output folder:
+
+- ``predictions.csv``: one row per kept box: file_name, class, score, x1, y1, x2, y2 (original
+  image pixels, xyxy).
+- ``images.csv``: one row per image: file_name, width, height, verdict (``defect`` when any box
+  passes its threshold, else ``ok``), n_boxes (kept boxes), and ``max_score_<class>`` per class:
+  the highest score of that class among all detections the model returned, below the threshold
+  too (empty when none), for choosing thresholds later.
+- ``predictions.json``: COCO results (image_id, category_id 1..K, bbox xywh, score) plus
+  ``file_name`` and ``class_name``; built at the end from ``predictions.jsonl``, which is
+  appended per batch and removed once the JSON is complete.
+- ``images/``: with ``--save-images``, copies with the boxes drawn.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import IO
+
+import cv2
+import numpy as np
+
+from defectdet.io import atomic_open
+
+RESULT_FILES = ("predictions.csv", "images.csv", "predictions.json", "predictions.jsonl")
+_WRITABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# Distinct BGR colours (tab10), one per class, cycling.
+_PALETTE = [
+    (180, 119, 31),
+    (14, 127, 255),
+    (44, 160, 44),
+    (40, 39, 214),
+    (189, 103, 148),
+    (75, 86, 140),
+    (194, 119, 227),
+    (127, 127, 127),
+    (34, 189, 188),
+    (207, 190, 23),
+]
+
+
+class PredictionWriter:
+    """Append per-image results; ``finish()`` writes ``predictions.json``. Use as a context
+    manager: files are closed (and what was written stays) whatever happens."""
+
+    def __init__(self, out_dir: Path, class_names: list[str], save_images: bool = False) -> None:
+        self.out_dir, self.class_names = out_dir, class_names
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._files: list[IO[str]] = []
+        self._boxes = self._csv(
+            "predictions.csv", ["file_name", "class", "score", "x1", "y1", "x2", "y2"]
+        )
+        self._images = self._csv(
+            "images.csv",
+            [
+                "file_name",
+                "width",
+                "height",
+                "verdict",
+                "n_boxes",
+                *(f"max_score_{c}" for c in class_names),
+            ],
+        )
+        self._jsonl = self._open("predictions.jsonl")
+        self.images_dir = out_dir / "images" if save_images else None
+        self._saved_names: set[str] = set()
+
+    def _open(self, name: str) -> IO[str]:
+        fh = open(self.out_dir / name, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        self._files.append(fh)
+        return fh
+
+    def _csv(self, name: str, header: list[str]):
+        writer = csv.writer(self._open(name))
+        writer.writerow(header)
+        return writer
+
+    def __enter__(self) -> PredictionWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fh in self._files:
+            if not fh.closed:
+                fh.close()
+
+    def add(
+        self,
+        image_id: int,
+        name: str,
+        width: int,
+        height: int,
+        det: dict[str, np.ndarray],
+        keep: np.ndarray,
+        image: np.ndarray | None = None,
+    ) -> None:
+        """One image. ``det``: ``boxes`` (N, 4) original pixels, ``scores`` (N,), ``labels``
+        (N,); ``keep`` (N,) bool: passes its class threshold."""
+        boxes = np.round(det["boxes"][keep].astype(np.float64), 2)
+        scores = np.round(det["scores"][keep].astype(np.float64), 5)
+        labels = det["labels"][keep].astype(np.int64)
+        for (x1, y1, x2, y2), s, c in zip(
+            boxes.tolist(), scores.tolist(), labels.tolist(), strict=True
+        ):
+            cls = self.class_names[c]
+            self._boxes.writerow([name, cls, s, x1, y1, x2, y2])
+            rec = {
+                "image_id": image_id,
+                "category_id": c + 1,
+                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                "score": s,
+                "file_name": name,
+                "class_name": cls,
+            }
+            self._jsonl.write(json.dumps(rec) + "\n")
+        maxes = _max_per_class(det["scores"], det["labels"], len(self.class_names))
+        verdict = "defect" if len(labels) else "ok"
+        self._images.writerow(
+            [
+                name,
+                width,
+                height,
+                verdict,
+                len(labels),
+                *("" if m is None else round(m, 5) for m in maxes),
+            ]
+        )
+        if self.images_dir is not None and image is not None:
+            self._save_image(name, image, boxes, scores, labels)
+
+    def flush(self) -> None:
+        """Push rows to the OS (after each batch): a crash later loses nothing written here."""
+        for fh in self._files:
+            fh.flush()
+
+    def finish(self) -> Path:
+        """Convert ``predictions.jsonl`` into ``predictions.json`` (streamed, atomically)."""
+        self.close()
+        src, dst = self.out_dir / "predictions.jsonl", self.out_dir / "predictions.json"
+        with open(src, encoding="utf-8") as fin, atomic_open(dst, "w", encoding="utf-8") as fout:
+            fout.write("[")
+            for i, line in enumerate(fin):
+                fout.write(("," if i else "") + "\n" + line.rstrip("\n"))
+            fout.write("\n]\n")
+        os.unlink(src)
+        return dst
+
+    # ------------------------------------------------------------------ drawing
+    def _save_image(
+        self,
+        name: str,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
+        assert self.images_dir is not None
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        draw_boxes(bgr, boxes, scores, [self.class_names[c] for c in labels], labels)
+        target = self.images_dir / self._unique_name(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ok, buf = cv2.imencode(target.suffix, bgr)
+        if ok:
+            target.write_bytes(buf.tobytes())
+
+    def _unique_name(self, name: str) -> str:
+        """Keep relative sub-folders; absolute names keep their base name only; a writable
+        extension; ``_2``, ``_3``... on collisions."""
+        rel = Path(name.lstrip("/")) if not Path(name).is_absolute() else Path(Path(name).name)
+        if rel.suffix.lower() not in _WRITABLE:
+            rel = rel.with_suffix(".png")
+        candidate, n = rel, 2
+        while candidate.as_posix() in self._saved_names:
+            candidate = rel.with_name(f"{rel.stem}_{n}{rel.suffix}")
+            n += 1
+        self._saved_names.add(candidate.as_posix())
+        return candidate.as_posix()
+
+
+def _max_per_class(scores: np.ndarray, labels: np.ndarray, k: int) -> list[float | None]:
+    out: list[float | None] = [None] * k
+    for s, c in zip(scores.tolist(), labels.tolist(), strict=True):
+        if out[c] is None or s > out[c]:
+            out[c] = s
+    return out
+
+
+def draw_boxes(
+    bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray, names: list[str], labels: np.ndarray
+) -> np.ndarray:
+    """Draw boxes with ``class score`` labels on ``bgr`` in place; line width follows the size."""
+    side = max(bgr.shape[:2])
+    thick = max(1, round(side / 400))
+    font = max(0.35, side / 1600)
+    for (x1, y1, x2, y2), s, name, c in zip(
+        boxes.tolist(), scores.tolist(), names, labels.tolist(), strict=True
+    ):
+        color = _PALETTE[int(c) % len(_PALETTE)]
+        p1, p2 = (round(x1), round(y1)), (round(x2), round(y2))
+        cv2.rectangle(bgr, p1, p2, color, thick, cv2.LINE_AA)
+        text = f"{name} {s:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
+        top = p1[1] - th - base if p1[1] - th - base >= 0 else p1[1]  # inside when at the top
+        cv2.rectangle(bgr, (p1[0], top), (p1[0] + tw, top + th + base), color, -1)
+        cv2.putText(
+            bgr,
+            text,
+            (p1[0], top + th),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
+    return bgr

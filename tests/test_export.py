@@ -1,0 +1,126 @@
+"""defectdet export: ONNX (network + metadata, dynamic batch) and TorchScript, both checked
+against PyTorch; predict --backend onnxruntime against --backend torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from defectdet import __version__
+from defectdet.cli import app
+from defectdet.engine.export import export
+from defectdet.engine.predict import PredictOptions, predict
+from defectdet.errors import ConfigError, OutputExistsError
+from defectdet.model import model_from_checkpoint
+from detector_helpers import make_checkpoint, write_images
+
+BOX_TOL = 0.5  # px, in original image pixels
+SCORE_TOL = 1e-4  # absolute, on scores in 0..1
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return make_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "best.pt", classes=("scratch", "crack")
+    )
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_onnx_export_metadata_and_backend_parity(tmp_path: Path, weights: Path) -> None:
+    import onnx
+
+    info = export(weights, "onnx", tmp_path / "m.onnx")
+    diffs = info["max_abs_diff"]  # raw outputs on a batch of 3 (exported with 2)
+    assert diffs["cls_logits"] < 1e-3 and diffs["bbox_regression"] < 1e-3
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "m.onnx").metadata_props}
+    assert json.loads(meta["class_names"]) == ["scratch", "crack"]
+    assert meta["image_size"] == "64" and meta["defectdet_version"] == __version__
+    with pytest.raises(OutputExistsError):
+        export(weights, "onnx", tmp_path / "m.onnx")
+    # Same detections from both backends, images of several sizes, batches of 2 and 1.
+    write_images(tmp_path / "in", 2, width=96, height=72)
+    write_images(tmp_path / "in" / "more", 1, width=50, height=120, seed=1)
+    results = {}
+    for backend, w in (("torch", weights), ("onnxruntime", tmp_path / "m.onnx")):
+        o = PredictOptions(
+            weights=w,
+            backend=backend,
+            out=tmp_path / backend,
+            conf=0.4,
+            batch_size=2,
+            workers=0,
+            device="cpu",
+            progress=False,
+        )
+        predict(tmp_path / "in", o)
+        results[backend] = rows(tmp_path / backend / "predictions.csv")
+    ref, got = results["torch"], results["onnxruntime"]
+    assert len(ref) == len(got) > 0
+    for r, g in zip(ref, got, strict=True):
+        assert (r["file_name"], r["class"]) == (g["file_name"], g["class"])
+        assert abs(float(r["score"]) - float(g["score"])) < SCORE_TOL
+        for k in ("x1", "y1", "x2", "y2"):
+            assert abs(float(r[k]) - float(g[k])) < BOX_TOL
+
+
+def test_onnxruntime_backend_needs_an_onnx_file(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 1)
+    o = PredictOptions(
+        weights=weights,
+        backend="onnxruntime",
+        out=tmp_path / "o",
+        workers=0,
+        device="cpu",
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match=r"exported \.onnx"):
+        predict(tmp_path / "in", o)
+
+
+def test_torchscript_export_matches_eager(tmp_path: Path, weights: Path) -> None:
+    info = export(weights, "torchscript", check=False)  # default: next to the weights
+    out = weights.with_name("best.torchscript.pt")
+    assert info["out"] == str(out) and out.is_file()
+    extra = {"defectdet.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["defectdet.json"])["class_names"] == ["scratch", "crack"]
+    model, _ = model_from_checkpoint(weights)
+    model.score_thresh = scripted.score_thresh = 0.3
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 48, 64, generator=g)]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = model(images)
+        _, got = scripted(images)
+    for r, s in zip(ref, got, strict=True):
+        assert len(r["boxes"]) == len(s["boxes"]) > 0
+        np.testing.assert_allclose(s["boxes"], r["boxes"], atol=1e-3)
+        np.testing.assert_allclose(s["scores"], r["scores"], atol=1e-5)
+        assert torch.equal(s["labels"], r["labels"])
+    out.unlink()
+
+
+def test_cli_export(tmp_path: Path, weights: Path) -> None:
+    runner = CliRunner()
+    target = tmp_path / "cli.onnx"
+    args = ["export", "-w", str(weights), "--format", "onnx", "--out", str(target), "--no-check"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert target.is_file() and "wrote" in first.stdout
+    again = runner.invoke(app, args)
+    assert again.exit_code == 4 and "--overwrite" in again.stderr
+    bad = runner.invoke(app, ["export", "-w", str(weights), "--format", "tflite"])
+    assert bad.exit_code == 2 and "onnx or torchscript" in bad.stderr

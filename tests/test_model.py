@@ -1,0 +1,401 @@
+"""Model building, transform, pretrained weights (offline), anchors, checkpoints and devices."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+from pathlib import Path
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from defectdet.config import LossConfig, ModelConfig, TrainConfig
+from defectdet.errors import CheckpointError, ConfigError
+from defectdet.model import (
+    autocast_enabled,
+    build_model,
+    fit_anchor_sizes,
+    fit_aspect_ratios,
+    load_checkpoint,
+    model_from_checkpoint,
+    prepare_model,
+    resolve_device,
+    save_checkpoint,
+)
+from defectdet.model.anchors import anchor_shapes, best_shape_iou, default_anchor_sizes
+
+torch.set_num_threads(1)
+
+
+def tiny(**changes) -> ModelConfig:
+    base = dict(num_classes=3, fpn_channels=32, head_convs=2, image_size=64, max_level=5)
+    return ModelConfig(**{**base, **changes})
+
+
+def batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 48, 64, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+    return images, targets
+
+
+# ---------------------------------------------------------------------------- building
+def test_train_forward_returns_finite_losses() -> None:
+    model = build_model(tiny()).train()
+    losses = model(*batch())
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+@torch.no_grad()
+def test_eval_detections_inside_the_image() -> None:
+    model = build_model(tiny(score_thresh=0.0, detections_per_img=20)).eval()
+    images, _ = batch()
+    out = model(images)
+    for image, det in zip(images, out, strict=True):
+        h, w = image.shape[-2:]
+        assert 0 < len(det["boxes"]) <= 20
+        assert (det["boxes"][:, 0::2] >= 0).all() and (det["boxes"][:, 0::2] <= w).all()
+        assert (det["boxes"][:, 1::2] >= 0).all() and (det["boxes"][:, 1::2] <= h).all()
+        assert det["labels"].max() < 3 and ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
+
+
+def test_shapes_follow_the_config() -> None:
+    model = build_model(tiny(num_classes=5, aspect_ratios=[0.5, 1.0, 2.0, 4.0], head_convs=1))
+    anchors = 3 * 4
+    assert model.head.classification_head.cls_logits.out_channels == anchors * 5
+    assert model.head.regression_head.bbox_reg.out_channels == anchors * 4
+    assert len(model.head.classification_head.conv) == 1
+    assert model.backbone.out_channels == 32
+    features = model.backbone(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[-1] for f in features.values()] == [8, 4, 2]  # P3..P5
+    assert all(f.shape[1] == 32 for f in features.values())
+
+
+@pytest.mark.parametrize(("levels", "sizes"), [((2, 5), [16, 8, 4, 2]), ((3, 7), [8, 4, 2, 1, 1])])
+def test_pyramid_levels(levels: tuple[int, int], sizes: list[int]) -> None:
+    model = build_model(tiny(min_level=levels[0], max_level=levels[1]))
+    features = model.backbone(torch.zeros(1, 3, 64, 64))
+    assert [f.shape[-1] for f in features.values()] == sizes
+    assert len(model.anchor_generator.sizes) == len(sizes)
+
+
+def test_v2_head_has_groupnorm_and_giou() -> None:
+    model = build_model(tiny(head="v2")).train()
+    assert any(isinstance(m, nn.GroupNorm) for m in model.head.modules())
+    assert model.head.regression_head._loss_type == "giou"
+    assert torch.isfinite(model(*batch())["bbox_regression"])
+
+
+@torch.no_grad()
+def test_mobilenet_builds_and_runs() -> None:
+    model = build_model(tiny(backbone="mobilenet_v3_large")).eval()
+    assert [f.shape[-1] for f in model.backbone(torch.zeros(1, 3, 64, 64)).values()] == [8, 4, 2]
+    assert len(model([torch.rand(3, 64, 64)])) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_classes": 0}, "num_classes"),
+        ({"min_level": 4}, "levels"),
+        ({"max_level": 8}, "levels"),
+        ({"image_size": 50}, "multiple of 32"),
+        ({"image_size": 0}, "image_size"),
+        ({"anchor_sizes": [8.0, 16.0]}, "anchor_sizes"),
+        ({"weights": "coco"}, "resnet50"),
+        ({"backbone": "vgg16"}, "backbone"),
+    ],
+)
+def test_invalid_configs(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_model(tiny(**changes))
+
+
+# ---------------------------------------------------------------------------- transform
+def _count_bilinear(monkeypatch) -> list[int]:
+    calls = [0]
+    original = torch.nn.functional.interpolate
+
+    def counting(*args, **kwargs):
+        calls[0] += kwargs.get("mode") == "bilinear"
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    return calls
+
+
+@torch.no_grad()
+def test_transform_skips_resize_at_image_size(monkeypatch) -> None:
+    model = build_model(tiny()).eval()
+    calls = _count_bilinear(monkeypatch)
+    model([torch.rand(3, 64, 64), torch.rand(3, 40, 64)])
+    assert calls[0] == 0
+    model([torch.rand(3, 100, 80)])
+    assert calls[0] == 1
+
+
+@torch.no_grad()
+def test_transform_normalises_like_torchvision() -> None:
+    images = [torch.rand(3, 64, 64), torch.rand(3, 40, 64)]  # the second is padded
+    ours = build_model(tiny()).transform.eval()
+    theirs = GeneralizedRCNNTransform(64, 64, ours.image_mean, ours.image_std).eval()
+    a, b = ours(images)[0], theirs(images)[0]
+    assert a.image_sizes == b.image_sizes == [(64, 64), (40, 64)]
+    torch.testing.assert_close(a.tensors, b.tensors)
+
+
+@torch.no_grad()
+def test_resized_image_maps_boxes_back_to_its_own_size() -> None:
+    """A 2x nearest-upsampled non-square image is bilinearly halved back exactly: same detections,
+    boxes twice as large."""
+    model = build_model(tiny(score_thresh=0.0, detections_per_img=30)).eval()
+    small = torch.rand(3, 48, 64)
+    large = small.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # (3, 96, 128)
+    a, b = model([small])[0], model([large])[0]
+    torch.testing.assert_close(b["scores"], a["scores"])
+    torch.testing.assert_close(b["boxes"], a["boxes"] * 2)
+    assert (b["boxes"][:, 2] <= 128).all() and (b["boxes"][:, 3] <= 96).all()
+
+
+def test_training_targets_scaled_only_when_resized() -> None:
+    transform = build_model(tiny()).transform.train()
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 30.0]])
+    targets = [{"boxes": boxes, "labels": torch.tensor([0])}] * 2
+    _, out = transform([torch.rand(3, 48, 64), torch.rand(3, 96, 128)], targets)
+    assert torch.equal(out[0]["boxes"], boxes)
+    torch.testing.assert_close(out[1]["boxes"], boxes / 2)
+    assert targets[1]["boxes"] is boxes  # caller's targets untouched
+
+
+@torch.no_grad()
+def test_channels_last_gives_the_same_detections() -> None:
+    cfg = tiny(score_thresh=0.0, detections_per_img=10)
+    torch.manual_seed(0)
+    plain = build_model(cfg).eval()
+    fast = prepare_model(build_model(cfg).eval(), torch.device("cpu"), channels_last=True)
+    fast.load_state_dict(plain.state_dict())
+    image = torch.rand(3, 64, 64)
+    assert fast.transform([image])[0].tensors.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast([image])[0]["scores"], plain([image])[0]["scores"])
+
+
+# ---------------------------------------------------------------------------- pretrained weights
+def _offline(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+
+
+def test_offline_imagenet_message(monkeypatch) -> None:
+    _offline(monkeypatch)
+    with pytest.raises(ConfigError) as info:
+        build_model(tiny(backbone_weights="imagenet"))
+    message = str(info.value)
+    assert "cannot download" in message and "offline?" in message
+    assert os.path.join(torch.hub.get_dir(), "checkpoints", "resnet18-") in message
+    assert "--backbone-weights PATH" in message and "--backbone-weights none" in message
+
+
+def test_coco_weights_load_all_but_the_class_layer(monkeypatch) -> None:
+    cfg = ModelConfig(backbone="resnet50", weights="coco", num_classes=2, image_size=64)
+    torch.manual_seed(0)
+    coco = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: coco.state_dict())
+    model = build_model(cfg)
+    ours, theirs = model.state_dict(), coco.state_dict()
+    assert torch.equal(
+        ours["head.regression_head.bbox_reg.weight"], theirs["head.regression_head.bbox_reg.weight"]
+    )
+    assert torch.equal(
+        ours["backbone.fpn.extra_blocks.p7.weight"], theirs["backbone.fpn.extra_blocks.p7.weight"]
+    )
+    assert ours["head.classification_head.cls_logits.weight"].shape[0] == 9 * 2
+    _offline(monkeypatch)
+    with pytest.raises(ConfigError, match="cannot download COCO"):
+        build_model(cfg)
+
+
+def test_backbone_weights_from_a_file(tmp_path: Path) -> None:
+    resnet = torchvision.models.resnet18()
+    torch.save(resnet.state_dict(), tmp_path / "r18.pth")
+    model = build_model(tiny(backbone_weights=str(tmp_path / "r18.pth")))
+    assert torch.equal(model.backbone.body.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ConfigError, match="does not hold resnet18"):
+        build_model(tiny(backbone_weights=str(tmp_path / "bad.pth")))
+
+
+def test_finetune_from_checkpoint_skips_the_class_layer(tmp_path: Path) -> None:
+    source = build_model(tiny(num_classes=3))
+    save_checkpoint(tmp_path / "a.pt", {"model": source.state_dict()})
+    with pytest.warns(UserWarning, match="did not fit"):
+        model = build_model(tiny(num_classes=5, weights=str(tmp_path / "a.pt")))
+    assert [s.split(":")[0] for s in model.skipped_weights] == [
+        "head.classification_head.cls_logits.bias",
+        "head.classification_head.cls_logits.weight",
+    ]
+    key = "head.regression_head.bbox_reg.weight"
+    assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+    other = build_model(tiny(backbone="resnet34"))
+    save_checkpoint(tmp_path / "b.pt", {"model": other.state_dict()})
+    with pytest.raises(ConfigError, match="another backbone"):
+        build_model(tiny(weights=str(tmp_path / "b.pt")))
+
+
+# ---------------------------------------------------------------------------- anchors
+def test_fitted_anchors_beat_defaults_on_small_boxes() -> None:
+    rng = np.random.default_rng(0)
+    size = np.exp(rng.normal(np.log(10), 0.4, 2000))  # ~10 px defects
+    ratio = np.exp(rng.normal(0, 0.6, 2000))  # h / w
+    box_wh = np.stack([size / np.sqrt(ratio), size * np.sqrt(ratio)], axis=1)
+    sizes, ratios = fit_anchor_sizes(box_wh, 3, 5), fit_aspect_ratios(box_wh)
+    assert len(sizes) == 3 and sizes == sorted(sizes) and len(set(sizes)) == 3 and min(sizes) >= 4
+    assert (
+        len(ratios) == 3 and ratios == sorted(ratios) and 1 / 8 <= min(ratios) <= max(ratios) <= 8
+    )
+    fitted = np.median(best_shape_iou(box_wh, anchor_shapes(sizes, ratios)))
+    default = np.median(
+        best_shape_iou(box_wh, anchor_shapes(default_anchor_sizes(3, 5), [0.5, 1, 2]))
+    )
+    assert fitted > 0.7 > 0.3 > default
+    model = build_model(tiny(anchors="auto", anchor_sizes=sizes, aspect_ratios=ratios))
+    assert model.anchor_generator.sizes[0][0] == pytest.approx(sizes[0])
+    # No boxes to fit (setup leaves anchor_sizes empty): torchvision's defaults.
+    assert build_model(tiny(anchors="auto")).anchor_generator.sizes[0][0] == 32.0
+
+
+def test_anchor_fit_edge_cases() -> None:
+    assert fit_aspect_ratios(np.array([[10.0, 10.0]] * 5)) == pytest.approx([0.707, 1.0, 1.414])
+    assert fit_aspect_ratios(np.array([[1.0, 100.0]] * 5))[-1] == 8.0
+    assert min(fit_anchor_sizes(np.array([[1.0, 1.0]] * 5), 3, 7)) == 4.0
+    with pytest.raises(ConfigError, match="no boxes"):
+        fit_anchor_sizes(np.zeros((0, 2)), 3, 5)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    cfg = tiny(class_names=["a", "b", "c"], score_thresh=0.0)
+    model = build_model(cfg, LossConfig(normalizer="ema"))
+    model.train()(*batch())  # moves BatchNorm stats and the loss EMA
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sum(model(*batch()).values()).backward()
+    optimizer.step()
+    train_cfg = TrainConfig(model=cfg, loss=LossConfig(normalizer="ema"))
+    payload = {
+        "model": model.state_dict(),
+        "config": train_cfg.to_dict(),
+        "classes": cfg.class_names,
+        "epoch": 3,
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+    }
+    save_checkpoint(tmp_path / "last.pt", payload)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+    loaded = load_checkpoint(tmp_path / "last.pt")
+    assert loaded["epoch"] == 3 and loaded["classes"] == ["a", "b", "c"]
+    for key, value in payload["model"].items():
+        assert torch.equal(loaded["model"][key], value), key
+    assert loaded["model"]["head.normalizer.ema"] > 0
+    assert loaded["rng"]["python"] == payload["rng"]["python"]
+
+    rebuilt, rebuilt_cfg = model_from_checkpoint(tmp_path / "last.pt", "cpu")
+    assert rebuilt_cfg == cfg and not rebuilt.training
+    image = [torch.rand(3, 64, 64)]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(image)[0]["scores"], model.eval()(image)[0]["scores"])
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"payload\['rng'\]\['numpy'\] is a numpy.ndarray"):
+        save_checkpoint(tmp_path / "x.pt", {"model": {}, "rng": {"numpy": np.zeros(3)}})
+    assert not (tmp_path / "x.pt").exists()
+
+
+class _Custom:
+    pass
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_load_refuses_pickled_objects_without_running_them(tmp_path: Path) -> None:
+    torch.save({"model": {}, "x": _Custom()}, tmp_path / "custom.pt")
+    with pytest.raises(CheckpointError, match=r"carries pickled Python objects.*refusing"):
+        load_checkpoint(tmp_path / "custom.pt")
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "x": _Evil(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"\(posix.system|nt.system\).*could run code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    torch.save({"model": {"w": torch.ones(1000)}}, tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    for name in ("text.pt", "empty.pt", "cut.pt", "other.pt"):
+        with pytest.raises(CheckpointError, match="is not a readable defectdet checkpoint"):
+            load_checkpoint(tmp_path / name)
+
+
+def test_checkpoint_without_config(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "a.pt", {"model": build_model(tiny()).state_dict()})
+    with pytest.raises(CheckpointError, match="no saved model config"):
+        model_from_checkpoint(tmp_path / "a.pt")
+    bad = dataclasses.replace(tiny(), num_classes=4)
+    payload = {
+        "model": build_model(tiny()).state_dict(),
+        "config": TrainConfig(model=bad).to_dict(),
+    }
+    with pytest.raises(CheckpointError, match="do not fit"):
+        model_from_checkpoint(payload)
+
+
+# ---------------------------------------------------------------------------- device
+def test_resolve_device_cpu_only(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device(" CPU ") == torch.device("cpu")
+    for spec in ("cuda", "cuda:0"):
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            resolve_device(spec)
+    for spec in ("tpu", "cuda:x", "cuda:-1", ""):
+        with pytest.raises(ConfigError, match="unknown device"):
+            resolve_device(spec)
+
+
+def test_resolve_device_gpu_index(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="2 GPU"):
+        resolve_device("cuda:2")
+
+
+def test_autocast_only_on_cuda() -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert not autocast_enabled(None, cpu) and not autocast_enabled(True, cpu)
+    assert autocast_enabled(None, gpu) and not autocast_enabled(False, gpu)

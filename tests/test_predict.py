@@ -1,0 +1,265 @@
+"""defectdet predict: inputs, streamed outputs, thresholds, tiling, failures, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from defectdet.cli import app
+from defectdet.engine.backends import PostprocessSettings, TorchDetector
+from defectdet.engine.predict import PredictOptions, predict
+from defectdet.engine.predict_data import tile_grid
+from defectdet.engine.sources import list_sources
+from defectdet.errors import ConfigError, DataError, OutputExistsError
+from detector_helpers import make_checkpoint, write_images
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt")
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def opts(weights: Path, out: Path, **kw) -> PredictOptions:
+    kw = {"workers": 0, "device": "cpu", "progress": False, "conf": 0.5} | kw
+    return PredictOptions(weights=weights, out=out, **kw)
+
+
+# ---------------------------------------------------------------------------- sources
+def test_source_kinds(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    write_images(root, 2)
+    write_images(root / "sub", 1, ext="jpg")
+    (root / "notes.txt").write_text("not an image")
+    names = [s.name for s in list_sources(root)]
+    assert names == ["000.png", "001.png", "sub/000.jpg"]  # recursive, sorted, images only
+    assert [s.name for s in list_sources(root / "001.png")] == ["001.png"]
+    assert [s.name for s in list_sources(f"{root}/**/*.jpg")] == ["sub/000.jpg"]
+    listing = root / "list.txt"
+    listing.write_text("# good ones\nsub/000.jpg\n\n001.png\n")
+    got = list_sources(listing)
+    assert [s.name for s in got] == ["sub/000.jpg", "001.png"]  # list order kept
+    assert got[0].path == root / "sub" / "000.jpg"  # relative to the list's folder
+    with pytest.raises(DataError, match="no such"):
+        list_sources(tmp_path / "missing")
+    with pytest.raises(DataError, match="no images"):
+        list_sources(f"{root}/*.bmp")
+
+
+# ---------------------------------------------------------------------------- outputs
+def test_outputs_consistent_with_thresholds(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 5)
+    o = opts(weights, tmp_path / "out", conf=0.6, class_conf="b=0.3", workers=2, batch_size=2)
+    summary = predict(tmp_path / "in", o)
+    out = tmp_path / "out"
+    boxes = read_csv(out / "predictions.csv")
+    images = read_csv(out / "images.csv")
+    coco = json.loads((out / "predictions.json").read_text())
+    assert not (out / "predictions.jsonl").exists()  # internal, removed once the JSON is whole
+    assert len(boxes) == len(coco) == sum(int(r["n_boxes"]) for r in images) == summary["boxes"]
+    assert summary["boxes"] > 0 and summary["images"] == len(images) == 5
+    thr = {"a": 0.6, "b": 0.3}
+    for row, det in zip(boxes, coco, strict=True):
+        assert float(row["score"]) >= thr[row["class"]]
+        assert det["file_name"] == row["file_name"] and det["class_name"] == row["class"]
+        x, y, w, h = det["bbox"]
+        assert x == float(row["x1"]) and w == pytest.approx(float(row["x2"]) - x, abs=0.011)
+        assert x >= 0 and x + w <= 96.01 and y >= 0 and y + h <= 72.01
+        assert det["category_id"] == ["a", "b"].index(row["class"]) + 1
+    for r in images:
+        passes = any(
+            r[f"max_score_{c}"] and float(r[f"max_score_{c}"]) >= t for c, t in thr.items()
+        )
+        assert r["verdict"] == ("defect" if passes else "ok")
+        assert (int(r["n_boxes"]) > 0) == passes
+        assert (r["width"], r["height"]) == ("96", "72")
+    assert summary["defect_images"] == sum(r["verdict"] == "defect" for r in images)
+    assert summary["boxes_per_class"] == {c: sum(b["class"] == c for b in boxes) for c in "ab"}
+
+
+def test_corrupt_image_skipped_with_warning(tmp_path: Path, weights: Path, capsys) -> None:
+    write_images(tmp_path / "in", 3)
+    (tmp_path / "in" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    summary = predict(tmp_path / "in", opts(weights, tmp_path / "out", batch_size=2))
+    stderr = " ".join(capsys.readouterr().err.split())
+    assert "skipping unreadable image 001.png" in stderr
+    assert summary["skipped"] == 1 and summary["skipped_files"] == ["001.png"]
+    names = [r["file_name"] for r in read_csv(tmp_path / "out" / "images.csv")]
+    assert names == ["000.png", "002.png"]
+
+
+def test_existing_output_not_overwritten(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 1)
+    predict(tmp_path / "in", opts(weights, tmp_path / "out"))
+    with pytest.raises(OutputExistsError, match="exist-ok"):
+        predict(tmp_path / "in", opts(weights, tmp_path / "out"))
+    predict(tmp_path / "in", opts(weights, tmp_path / "out", exist_ok=True))
+    # Default folders are numbered, never reused.
+    o = opts(weights, None, project=tmp_path / "runs")
+    first, second = predict(tmp_path / "in", o), predict(tmp_path / "in", o)
+    assert (Path(first["out"]).name, Path(second["out"]).name) == ("exp", "exp2")
+
+
+def test_bad_options(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 1)
+    with pytest.raises(ConfigError, match=r"unknown class 'crack'.*a, b"):
+        predict(tmp_path / "in", opts(weights, tmp_path / "o", class_conf="crack=0.2"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--half needs a CUDA device"):
+            predict(tmp_path / "in", opts(weights, tmp_path / "o", half=True))
+
+
+# ---------------------------------------------------------------------------- streaming
+class CrashOnCall:
+    """A real detector that raises on its ``n``-th call (a crash mid-run)."""
+
+    def __init__(self, inner: TorchDetector, n: int) -> None:
+        self.inner, self.n, self.calls = inner, n, 0
+        self.class_names, self.image_size = inner.class_names, inner.image_size
+
+    def configure(self, settings: PostprocessSettings) -> None:
+        self.inner.configure(settings)
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("simulated crash")
+        return self.inner(batch)
+
+
+def test_rows_on_disk_after_crash(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 8)
+    det = CrashOnCall(TorchDetector(weights, torch.device("cpu")), n=3)
+    with pytest.raises(RuntimeError, match="simulated"):
+        predict(
+            tmp_path / "in", opts(weights, tmp_path / "out", batch_size=2, conf=0.3), detector=det
+        )
+    rows = read_csv(tmp_path / "out" / "images.csv")
+    assert [r["file_name"] for r in rows] == ["000.png", "001.png", "002.png", "003.png"]
+    boxes = read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(boxes) == sum(int(r["n_boxes"]) for r in rows) > 0
+    assert not (tmp_path / "out" / "predictions.json").exists()  # only complete runs get it
+
+
+# ---------------------------------------------------------------------------- tiling
+class BrightBlobDetector:
+    """Fake model: one class-0 box around each bright blob of each input, in model pixels."""
+
+    image_size = 64
+
+    def __init__(self) -> None:
+        self.class_names = ["blob"]
+        self.batch_sizes: list[int] = []
+
+    def configure(self, settings: PostprocessSettings) -> None:
+        self.settings = settings
+
+    def __call__(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        self.batch_sizes.append(len(batch))
+        out = []
+        for img in batch:
+            mask = (img[0].numpy() > 127).astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:n]]
+            out.append(
+                {
+                    "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                    "scores": torch.full((n - 1,), 0.9),
+                    "labels": torch.zeros(n - 1, dtype=torch.int64),
+                }
+            )
+        return out
+
+
+def test_tiles_map_back_to_full_image(tmp_path: Path) -> None:
+    squares = [(100, 20, 116, 36), (240, 150, 264, 174), (10, 90, 30, 110)]  # x1, y1, x2, y2
+    img = np.zeros((200, 300, 3), dtype=np.uint8)
+    for x1, y1, x2, y2 in squares:
+        img[y1:y2, x1:x2] = 255
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "big.png"), img)
+    # 128-px tiles, stride 96: x starts 0, 96, 172; y starts 0, 72. Square 1 lies in two tiles
+    # (x overlap), square 3 in two (y overlap): NMS must merge each pair into one box.
+    assert tile_grid(300, 200, 128, 0.25).tolist() == [
+        [0, 0],
+        [96, 0],
+        [172, 0],
+        [0, 72],
+        [96, 72],
+        [172, 72],
+    ]
+    det = BrightBlobDetector()
+    o = opts(Path("unused.pt"), tmp_path / "out", tile=128, tile_overlap=0.25, conf=0.5)
+    predict(tmp_path / "in", o, detector=det)
+    assert det.batch_sizes == [6]  # all tiles of the image in one batch
+    got = sorted(
+        tuple(float(r[k]) for k in ("x1", "y1", "x2", "y2"))
+        for r in read_csv(tmp_path / "out" / "predictions.csv")
+    )
+    assert got == sorted(map(tuple, np.array(squares, dtype=float).tolist()))
+
+
+def test_letterbox_maps_back_without_tiles(tmp_path: Path) -> None:
+    img = np.zeros((150, 300, 3), dtype=np.uint8)
+    img[60:90, 150:210] = 255
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "wide.png"), img)
+    predict(
+        tmp_path / "in", opts(Path("unused.pt"), tmp_path / "out"), detector=BrightBlobDetector()
+    )
+    (row,) = read_csv(tmp_path / "out" / "predictions.csv")
+    box = [float(row[k]) for k in ("x1", "y1", "x2", "y2")]
+    assert box == pytest.approx([150, 60, 210, 90], abs=300 / 64 + 0.01)  # one model pixel
+
+
+# ---------------------------------------------------------------------------- images, CLI
+def test_save_images_keeps_folders_and_avoids_collisions(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "x", 1)
+    write_images(tmp_path / "y", 1)
+    write_images(tmp_path / "lists" / "sub", 1)
+    listing = tmp_path / "lists" / "files.txt"
+    listing.write_text("../x/000.png\n../y/000.png\nsub/000.png\n")  # two outside: same names
+    predict(listing, opts(weights, tmp_path / "out", save_images=True, conf=0.3))
+    saved = sorted(
+        p.relative_to(tmp_path / "out" / "images").as_posix()
+        for p in (tmp_path / "out" / "images").rglob("*.png")
+    )
+    assert saved == ["000.png", "000_2.png", "sub/000.png"]
+    assert cv2.imread(str(tmp_path / "out" / "images" / "sub" / "000.png")).shape == (72, 96, 3)
+
+
+def test_cli_predict_json_and_exit_codes(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 2)
+    runner = CliRunner()
+    args = [
+        "predict",
+        str(tmp_path / "in"),
+        "-w",
+        str(weights),
+        "--out",
+        str(tmp_path / "o"),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 2 and summary["out"] == str(tmp_path / "o")
+    again = runner.invoke(app, args)
+    assert again.exit_code == 4 and "already holds predictions" in " ".join(again.stderr.split())
+    bad = runner.invoke(app, [*args[:-1], "--exist-ok", "--class-conf", "zz=0.1"])
+    assert bad.exit_code == 2 and "unknown class 'zz'" in bad.stderr
