@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import coco_doc, write_image
 
+from conftest import coco_doc, write_image
 from defectdet.data.formats import detect_format, load_dataset
 from defectdet.errors import DataError
 

@@ -12,7 +12,7 @@ from defectdet.data.problems import ProblemLog
 
 # Piped output (logs, CI) gets a wide console so the per-class tables stay readable.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay greppable
 
 
 def warn(message: str) -> None:

@@ -1,4 +1,4 @@
-"""The shared dataset layer: formats, validation, splitting, sampling, augmentation, torch Dataset."""
+"""The shared dataset layer: formats, validation, splits, sampling, augmentation, Dataset."""
 
 from defectdet.data.catalog import Catalog
 from defectdet.data.problems import Problem, ProblemLog

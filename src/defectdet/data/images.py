@@ -60,10 +60,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     read_size(path)  # cheap header check: refuses bombs and non-images with a clear message
     data = np.fromfile(str(path), dtype=np.uint8)  # fromfile+imdecode copes with any path
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if img is None:
-        img = _load_with_pil(path)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    img = _load_with_pil(path) if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(img)
 
 

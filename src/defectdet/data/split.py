@@ -29,7 +29,7 @@ def stratified_split(
     is_val = np.zeros(n, dtype=bool)
     for group in np.unique(key):
         members = rng.permutation(np.flatnonzero(key == group))
-        k = int(round(len(members) * val_fraction))
+        k = round(len(members) * val_fraction)
         if len(members) >= 2:
             k = min(max(k, 1), len(members) - 1)
         is_val[members[:k]] = True

@@ -1,0 +1,220 @@
+"""How fast is `defectdet predict`, next to a plain one-image-at-a-time loop and the model's floor?
+
+For each model (resnet18 RetinaNet with the default head: 256 channels, 4 convs, levels 3-7; and
+a narrow one: 64 channels, 2 convs, levels 3-5), over a folder of generated images:
+
+  1. engine: ``defectdet.engine.predict.predict`` end to end (decode + letterbox in DataLoader
+     workers, batched model, post-processing, CSV/JSON writing), for several worker counts;
+  2. plain loop: cv2.imread -> RGB -> resize to the input size -> tensor -> ``model([x])`` in
+     eval mode, one image at a time, nothing written;
+  3. floor: FLOPs of one forward at the input size (``torch.utils.flop_counter``) divided by the
+     measured float32 matmul rate (a big ``torch.mm``): the speed if every FLOP ran at matmul
+     speed.
+
+It also splits the time: decode + letterbox per image (main process), and inside the model its
+input transform, network and post-processing (``postprocess_detections``).
+
+Models are untrained (no downloads): their scores sit at the 0.01 prior, so post-processing and
+writing see few boxes; a trained model spends a little more there.
+
+Run: .venv/bin/python benchmarks/predict_throughput.py [--images 200] [--size 200]
+     [--image-size 224] [--write-docs docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from defectdet.config import ModelConfig, TrainConfig
+from defectdet.data.synth import SynthConfig, synthesize
+from defectdet.engine.predict import PredictOptions, predict
+from defectdet.engine.predict_data import PredictDataset
+from defectdet.engine.sources import list_sources
+from defectdet.model import build_model, model_from_checkpoint, save_checkpoint
+
+CLASSES = ["scratch", "spot", "crack", "inclusion"]
+MODELS = {
+    "default head (256 ch, 4 convs, P3-P7)": {"fpn_channels": 256, "head_convs": 4,
+                                              "min_level": 3, "max_level": 7},
+    "narrow (64 ch, 2 convs, P3-P5)": {"fpn_channels": 64, "head_convs": 2, "min_level": 3,
+                                       "max_level": 5},
+}
+
+
+def make_checkpoint(path: Path, image_size: int, **model_kw) -> Path:
+    cfg = ModelConfig(backbone="resnet18", num_classes=len(CLASSES), class_names=CLASSES,
+                      image_size=image_size, **model_kw)
+    model = build_model(cfg, None, load_weights=False)
+    save_checkpoint(path, {"kind": "defectdet-checkpoint", "model": model.state_dict(),
+                           "config": TrainConfig(model=cfg).to_dict(), "classes": CLASSES,
+                           "epoch": 0, "metrics": {}})
+    return path
+
+
+def matmul_rate(n: int = 2048, repeat: int = 5) -> float:
+    """Best float32 FLOP/s of an n x n matmul."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+@torch.inference_mode()
+def forward_flops(model: torch.nn.Module, size: int) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model([torch.rand(3, size, size)])
+    return counter.get_total_flops()
+
+
+def engine(folder: Path, weights: Path, out: Path, workers: int) -> dict:
+    opts = PredictOptions(weights=weights, out=out, workers=workers, batch_size=8, device="cpu",
+                          progress=False, exist_ok=True)
+    return predict(folder, opts)
+
+
+class Timer:
+    """Wraps a bound method and sums the time spent in it."""
+
+    def __init__(self, obj, name: str) -> None:
+        self.total, self.fn = 0.0, getattr(obj, name)
+        setattr(obj, name, self)
+
+    def __call__(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.total += time.perf_counter() - t
+
+
+@torch.inference_mode()
+def plain_loop(paths: list[Path], weights: Path, size: int) -> dict:
+    """One image at a time, as a first script would do it; with a time split."""
+    model, _ = model_from_checkpoint(weights, "cpu")
+    transform = Timer(model.transform, "forward")
+    post = Timer(model, "postprocess_detections")
+    decode = model_time = 0.0
+    t0 = time.perf_counter()
+    for p in paths:
+        t = time.perf_counter()
+        img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+        x = torch.from_numpy(img).permute(2, 0, 1).float().div_(255)
+        t2 = time.perf_counter()
+        model([x])
+        decode += t2 - t
+        model_time += time.perf_counter() - t2
+    seconds = time.perf_counter() - t0
+    n = len(paths)
+    return {"images_per_s": n / seconds, "decode_ms": 1e3 * decode / n,
+            "transform_ms": 1e3 * transform.total / n,
+            "network_ms": 1e3 * (model_time - transform.total - post.total) / n,
+            "postprocess_ms": 1e3 * post.total / n}
+
+
+def decode_cost(paths: list[Path], size: int) -> float:
+    """ms per image to decode + letterbox as predict's workers do (one process)."""
+    ds = PredictDataset(list_sources(paths[0].parent), size)
+    t = time.perf_counter()
+    for i in range(len(ds)):
+        ds[i]
+    return 1e3 * (time.perf_counter() - t) / len(ds)
+
+
+def run(args: argparse.Namespace) -> str:
+    torch.manual_seed(0)
+    rate = matmul_rate()
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        synthesize(tmp / "data", SynthConfig(images=args.images, width=args.size,
+                                             height=args.size, seed=0))
+        folder = tmp / "data" / "images"
+        paths = sorted(folder.glob("*.jpg"))
+        dec = decode_cost(paths, args.image_size)
+        lines += [f"- float32 matmul rate: {rate / 1e9:.0f} GFLOP/s (2048² `torch.mm`, "
+                  f"{torch.get_num_threads()} threads)",
+                  f"- decode + letterbox in one process: {dec:.1f} ms/image "
+                  f"({1e3 / dec:.0f} images/s)", ""]
+        header = ("| model | GFLOPs/image | floor img/s | plain loop img/s | engine img/s "
+                  "(workers 0 / 1 / 2) |")
+        lines += [header, "|---|---:|---:|---:|---:|"]
+        detail = []
+        for name, kw in MODELS.items():
+            weights = make_checkpoint(tmp / "m.pt", args.image_size, **kw)
+            model, _ = model_from_checkpoint(weights, "cpu")
+            flops = forward_flops(model, args.image_size)
+            plain = plain_loop(paths, weights, args.image_size)
+            runs = {w: engine(folder, weights, tmp / f"out{w}", w) for w in (0, 1, 2)}
+            eng = " / ".join(f"{runs[w]['images_per_s']:.1f}" for w in (0, 1, 2))
+            lines.append(f"| {name} | {flops / 1e9:.1f} | {rate / flops:.1f} | "
+                         f"{plain['images_per_s']:.1f} | {eng} |")
+            detail.append(_detail(name, plain, runs))
+            print(lines[-1], flush=True)
+    return "\n".join([*lines, "", *detail])
+
+
+def _detail(name: str, plain: dict, runs: dict) -> str:
+    parts = [f"**{name}**: plain loop per image: decode + resize {plain['decode_ms']:.1f} ms, "
+             f"model transform {plain['transform_ms']:.1f} ms, network "
+             f"{plain['network_ms']:.1f} ms, post-processing {plain['postprocess_ms']:.1f} ms."]
+    for w, s in runs.items():
+        t, n = s["timings_s"], s["images"]
+        parts.append(
+            f"  Engine, workers {w}: {s['seconds']:.1f} s for {n} images; waiting for data "
+            f"{1e3 * t['wait_for_data'] / n:.1f} ms/image, model {1e3 * t['model'] / n:.1f}, "
+            f"tile merge + thresholds {1e3 * t['postprocess'] / n:.2f}, writing "
+            f"{1e3 * t['write'] / n:.2f}.")
+    return "\n".join(parts) + "\n"
+
+
+def write_docs(path: Path, body: str, args: argparse.Namespace) -> None:
+    """Replace (or add) the ``## predict throughput`` section, keeping the others."""
+    cpu = platform.processor() or platform.machine()
+    section = (
+        "## predict throughput\n\n"
+        f"`benchmarks/predict_throughput.py --images {args.images} --size {args.size} "
+        f"--image-size {args.image_size}`: {args.images} generated {args.size}x{args.size} JPEGs, "
+        f"model input {args.image_size}x{args.image_size}, batch 8, CPU only ({cpu}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}). Untrained "
+        "resnet18 RetinaNets; images/s end to end.\n\n" + body.rstrip() + "\n"
+    )
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = text.find("## predict throughput")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + ("" if end < 0 else text[end:])
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--size", type=int, default=200, help="generated image side (px)")
+    p.add_argument("--image-size", type=int, default=224, help="model input side (px)")
+    p.add_argument("--write-docs", type=Path, default=None)
+    args = p.parse_args()
+    body = run(args)
+    print(body)
+    if args.write_docs:
+        write_docs(args.write_docs, body, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Detection and image-level metrics on cases small enough to work out by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from defectdet.data.catalog import Catalog
+from defectdet.engine.metrics import (
+    Detections,
+    confusion_matrix,
+    evaluate_detections,
+    image_level_metrics,
+    recall_at_false_alarm,
+)
+
+
+def catalog() -> Catalog:
+    """4 images: 1 has a class-0 box, 2 has a class-1 box, 3 and 4 are defect-free."""
+    images = pd.DataFrame({"image_id": [1, 2, 3, 4], "file_name": list("abcd"), "width": 100,
+                           "height": 100, "split": ""})
+    boxes = pd.DataFrame([(1, 0, 10.0, 10.0, 30.0, 30.0), (2, 1, 50.0, 50.0, 70.0, 80.0)],
+                         columns=["image_id", "class_id", "x1", "y1", "x2", "y2"])
+    return Catalog(Path("."), ["scratch", "crack"], images, boxes)
+
+
+def det(image_id, rows) -> Detections:
+    arr = np.array(rows, dtype=float).reshape(-1, 6)
+    return Detections(image_id, arr[:, :4], arr[:, 4], arr[:, 5].astype(int))
+
+
+def test_perfect_detections_score_one_per_class():
+    dets = [det(1, [[10, 10, 30, 30, 0.9, 0]]), det(2, [[50, 50, 70, 80, 0.8, 1]])]
+    m = evaluate_detections(catalog(), dets, conf=0.5)
+    assert m["map50"] == pytest.approx(1.0) and m["map"] == pytest.approx(1.0)
+    assert [c["ap50"] for c in m["classes"]] == pytest.approx([1.0, 1.0])
+    assert m["mean_class_ap50"] == pytest.approx(1.0)
+    il = m["image_level"]
+    assert (il["defect_recall"], il["false_alarm_rate"], il["accuracy"]) == (1.0, 0.0, 1.0)
+    assert il["always_ok_accuracy"] == 0.5
+
+
+def test_missing_the_rare_class_shows_in_the_per_class_mean():
+    dets = [det(1, [[10, 10, 30, 30, 0.9, 0]])]
+    m = evaluate_detections(catalog(), dets, conf=0.5)
+    assert [c["ap50"] for c in m["classes"]] == pytest.approx([1.0, 0.0])
+    assert m["mean_class_ap50"] == pytest.approx(0.5)
+    assert m["classes"][1]["recall"] == 0.0
+
+
+def test_confusion_matrix_background_row_and_column():
+    dets = [
+        det(1, [[11, 11, 30, 30, 0.9, 1]]),  # right place, wrong class
+        det(2, [[0, 0, 5, 5, 0.9, 1]]),  # misses the crack, false alarm elsewhere
+        det(3, [[40, 40, 60, 60, 0.2, 0]]),  # below threshold: ignored
+    ]
+    cm = confusion_matrix(catalog(), dets, conf=0.5, iou=0.5)
+    expected = np.zeros((3, 3), int)
+    expected[0, 1] = 1  # scratch predicted as crack
+    expected[1, 2] = 1  # crack missed (background column)
+    expected[2, 1] = 1  # false alarm (background row)
+    np.testing.assert_array_equal(cm, expected)
+
+
+def test_image_level_and_per_class_thresholds():
+    dets = [det(1, [[10, 10, 30, 30, 0.4, 0]]), det(2, [[50, 50, 70, 80, 0.2, 1]]),
+            det(3, [[1, 1, 9, 9, 0.35, 0]])]
+    il = image_level_metrics(catalog(), dets, conf=0.3)
+    # Verdicts: 1 defect (0.4), 2 ok (0.2), 3 defect (false alarm), 4 ok.
+    assert il["defect_recall"] == 0.5 and il["false_alarm_rate"] == 0.5
+    assert il["accuracy"] == 0.5 and il["balanced_accuracy"] == 0.5
+    assert il["auroc"] == pytest.approx(0.75)  # scores: pos 0.4, 0.2; neg 0.35, 0
+    per_class = image_level_metrics(catalog(), dets, conf={0: 0.38, 1: 0.1})
+    assert per_class["defect_recall"] == 1.0 and per_class["false_alarm_rate"] == 0.0
+
+
+def test_recall_at_false_alarm_rate():
+    truth = np.array([1, 1, 1, 0, 0, 0, 0], bool)
+    score = np.array([0.9, 0.8, 0.1, 0.85, 0.2, 0.1, 0.05])
+    assert recall_at_false_alarm(truth, score, 0.0) == pytest.approx(1 / 3)
+    assert recall_at_false_alarm(truth, score, 0.25) == pytest.approx(2 / 3)
