@@ -41,25 +41,43 @@ from defectdet.engine.sources import list_sources
 from defectdet.model import build_model, model_from_checkpoint, save_checkpoint
 
 CLASSES = ["scratch", "spot", "crack", "inclusion"]
-MODELS = {
-    "default head (256 ch, 4 convs, P3-P7)": {"fpn_channels": 256, "head_convs": 4,
-                                              "min_level": 3, "max_level": 7},
-    "narrow (64 ch, 2 convs, P3-P5)": {"fpn_channels": 64, "head_convs": 2, "min_level": 3,
-                                       "max_level": 5},
+MODELS = {  # name: (model config, share of --images it runs on: the default head is slow)
+    "default head (256 ch, 4 convs, P3-P7)": (
+        {"fpn_channels": 256, "head_convs": 4, "min_level": 3, "max_level": 7},
+        0.5,
+    ),
+    "narrow (64 ch, 2 convs, P3-P5)": (
+        {"fpn_channels": 64, "head_convs": 2, "min_level": 3, "max_level": 5},
+        1.0,
+    ),
 }
+WORKERS = (0, 2)
 
 
 def make_checkpoint(path: Path, image_size: int, **model_kw) -> Path:
-    cfg = ModelConfig(backbone="resnet18", num_classes=len(CLASSES), class_names=CLASSES,
-                      image_size=image_size, **model_kw)
+    cfg = ModelConfig(
+        backbone="resnet18",
+        num_classes=len(CLASSES),
+        class_names=CLASSES,
+        image_size=image_size,
+        **model_kw,
+    )
     model = build_model(cfg, None, load_weights=False)
-    save_checkpoint(path, {"kind": "defectdet-checkpoint", "model": model.state_dict(),
-                           "config": TrainConfig(model=cfg).to_dict(), "classes": CLASSES,
-                           "epoch": 0, "metrics": {}})
+    save_checkpoint(
+        path,
+        {
+            "kind": "defectdet-checkpoint",
+            "model": model.state_dict(),
+            "config": TrainConfig(model=cfg).to_dict(),
+            "classes": CLASSES,
+            "epoch": 0,
+            "metrics": {},
+        },
+    )
     return path
 
 
-def matmul_rate(n: int = 2048, repeat: int = 5) -> float:
+def matmul_rate(n: int = 2048, repeat: int = 20) -> float:
     """Best float32 FLOP/s of an n x n matmul."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
@@ -80,8 +98,15 @@ def forward_flops(model: torch.nn.Module, size: int) -> int:
 
 
 def engine(folder: Path, weights: Path, out: Path, workers: int) -> dict:
-    opts = PredictOptions(weights=weights, out=out, workers=workers, batch_size=8, device="cpu",
-                          progress=False, exist_ok=True)
+    opts = PredictOptions(
+        weights=weights,
+        out=out,
+        workers=workers,
+        batch_size=8,
+        device="cpu",
+        progress=False,
+        exist_ok=True,
+    )
     return predict(folder, opts)
 
 
@@ -119,10 +144,13 @@ def plain_loop(paths: list[Path], weights: Path, size: int) -> dict:
         model_time += time.perf_counter() - t2
     seconds = time.perf_counter() - t0
     n = len(paths)
-    return {"images_per_s": n / seconds, "decode_ms": 1e3 * decode / n,
-            "transform_ms": 1e3 * transform.total / n,
-            "network_ms": 1e3 * (model_time - transform.total - post.total) / n,
-            "postprocess_ms": 1e3 * post.total / n}
+    return {
+        "images_per_s": n / seconds,
+        "decode_ms": 1e3 * decode / n,
+        "transform_ms": 1e3 * transform.total / n,
+        "network_ms": 1e3 * (model_time - transform.total - post.total) / n,
+        "postprocess_ms": 1e3 * post.total / n,
+    }
 
 
 def decode_cost(paths: list[Path], size: int) -> float:
@@ -134,50 +162,91 @@ def decode_cost(paths: list[Path], size: int) -> float:
     return 1e3 * (time.perf_counter() - t) / len(ds)
 
 
+def best(repeat: int, fn, *args) -> dict:
+    """The fastest of ``repeat`` runs of ``fn(*args)`` (others' jobs share the cores: noise
+    only slows)."""
+    return max((fn(*args) for _ in range(repeat)), key=lambda r: r["images_per_s"])
+
+
+def subset_folder(tmp: Path, paths: list[Path], n: int) -> Path:
+    folder = tmp / f"subset{n}"
+    folder.mkdir(exist_ok=True)
+    for p in paths[:n]:
+        (folder / p.name).symlink_to(p)
+    return folder
+
+
+def measure(tmp: Path, paths: list[Path], args: argparse.Namespace) -> list[dict]:
+    """Per model: FLOPs, plain loop and engine runs (best of ``args.repeat``)."""
+    out = []
+    for name, (kw, share) in MODELS.items():
+        weights = make_checkpoint(tmp / "m.pt", args.image_size, **kw)
+        model, _ = model_from_checkpoint(weights, "cpu")
+        flops = forward_flops(model, args.image_size)  # also warms up batch-1 kernels
+        n = max(8, round(len(paths) * share))
+        folder = subset_folder(tmp, paths, n)
+        plain = best(args.repeat, plain_loop, paths[:n], weights, args.image_size)
+        runs = {w: best(args.repeat, engine, folder, weights, tmp / f"out{w}", w) for w in WORKERS}
+        out.append(
+            {
+                "name": name,
+                "n": n,
+                "flops": flops,
+                "plain": plain,
+                "runs": runs,
+                "rate": matmul_rate(),
+            }
+        )
+        print(
+            name, plain["images_per_s"], {w: r["images_per_s"] for w, r in runs.items()}, flush=True
+        )
+    return out
+
+
 def run(args: argparse.Namespace) -> str:
     torch.manual_seed(0)
-    rate = matmul_rate()
-    lines = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthesize(tmp / "data", SynthConfig(images=args.images, width=args.size,
-                                             height=args.size, seed=0))
-        folder = tmp / "data" / "images"
-        paths = sorted(folder.glob("*.jpg"))
+        synthesize(
+            tmp / "data", SynthConfig(images=args.images, width=args.size, height=args.size, seed=0)
+        )
+        paths = sorted((tmp / "data" / "images").glob("*.jpg"))
         dec = decode_cost(paths, args.image_size)
-        lines += [f"- float32 matmul rate: {rate / 1e9:.0f} GFLOP/s (2048² `torch.mm`, "
-                  f"{torch.get_num_threads()} threads)",
-                  f"- decode + letterbox in one process: {dec:.1f} ms/image "
-                  f"({1e3 / dec:.0f} images/s)", ""]
-        header = ("| model | GFLOPs/image | floor img/s | plain loop img/s | engine img/s "
-                  "(workers 0 / 1 / 2) |")
-        lines += [header, "|---|---:|---:|---:|---:|"]
-        detail = []
-        for name, kw in MODELS.items():
-            weights = make_checkpoint(tmp / "m.pt", args.image_size, **kw)
-            model, _ = model_from_checkpoint(weights, "cpu")
-            flops = forward_flops(model, args.image_size)
-            plain = plain_loop(paths, weights, args.image_size)
-            runs = {w: engine(folder, weights, tmp / f"out{w}", w) for w in (0, 1, 2)}
-            eng = " / ".join(f"{runs[w]['images_per_s']:.1f}" for w in (0, 1, 2))
-            lines.append(f"| {name} | {flops / 1e9:.1f} | {rate / flops:.1f} | "
-                         f"{plain['images_per_s']:.1f} | {eng} |")
-            detail.append(_detail(name, plain, runs))
-            print(lines[-1], flush=True)
-    return "\n".join([*lines, "", *detail])
+        rate = matmul_rate()
+        results = measure(tmp, paths, args)
+    rate = max([rate, *(r["rate"] for r in results)])  # shared machine: the best seen
+    lines = [
+        f"- float32 matmul rate: {rate / 1e9:.0f} GFLOP/s (best 2048² `torch.mm`, "
+        f"{torch.get_num_threads()} threads)",
+        f"- decode + letterbox in one process: {dec:.1f} ms/image ({1e3 / dec:.0f} images/s)",
+        "",
+        "| model | images | GFLOPs/image | floor img/s | plain loop img/s | engine img/s "
+        f"(workers {' / '.join(map(str, WORKERS))}) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        eng = " / ".join(f"{r['runs'][w]['images_per_s']:.1f}" for w in WORKERS)
+        lines.append(
+            f"| {r['name']} | {r['n']} | {r['flops'] / 1e9:.1f} | {rate / r['flops']:.1f} | "
+            f"{r['plain']['images_per_s']:.1f} | {eng} |"
+        )
+    return "\n".join([*lines, "", *(_detail(r["name"], r["plain"], r["runs"]) for r in results)])
 
 
 def _detail(name: str, plain: dict, runs: dict) -> str:
-    parts = [f"**{name}**: plain loop per image: decode + resize {plain['decode_ms']:.1f} ms, "
-             f"model transform {plain['transform_ms']:.1f} ms, network "
-             f"{plain['network_ms']:.1f} ms, post-processing {plain['postprocess_ms']:.1f} ms."]
+    parts = [
+        f"**{name}**: plain loop per image: decode + resize {plain['decode_ms']:.1f} ms, "
+        f"model transform {plain['transform_ms']:.1f} ms, network "
+        f"{plain['network_ms']:.1f} ms, post-processing {plain['postprocess_ms']:.1f} ms."
+    ]
     for w, s in runs.items():
         t, n = s["timings_s"], s["images"]
         parts.append(
             f"  Engine, workers {w}: {s['seconds']:.1f} s for {n} images; waiting for data "
             f"{1e3 * t['wait_for_data'] / n:.1f} ms/image, model {1e3 * t['model'] / n:.1f}, "
             f"tile merge + thresholds {1e3 * t['postprocess'] / n:.2f}, writing "
-            f"{1e3 * t['write'] / n:.2f}.")
+            f"{1e3 * t['write'] / n:.2f}."
+        )
     return "\n".join(parts) + "\n"
 
 
@@ -208,6 +277,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--size", type=int, default=200, help="generated image side (px)")
     p.add_argument("--image-size", type=int, default=224, help="model input side (px)")
+    p.add_argument("--repeat", type=int, default=2, help="runs per measurement (best kept)")
     p.add_argument("--write-docs", type=Path, default=None)
     args = p.parse_args()
     body = run(args)

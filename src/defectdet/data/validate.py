@@ -6,7 +6,9 @@ Every reader produces two raw tables and hands them here, so every format gets t
   possibly sloppy), ``width``/``height`` (NaN when the source does not say), ``split``, and
   ``src``/``where`` (the annotation file and record, for messages);
 - raw boxes: ``key``, ``class_id`` (-1 for a label the reader could not map), ``label`` (the raw
-  label, for messages), ``x1 y1 x2 y2`` (pixels), ``src``/``where``.
+  label, for messages), ``x1 y1 x2 y2`` (pixels), ``src``/``where``. For speed on big COCO
+  files ``where`` may be a bare annotation id and ``label`` a bare category id: messages are
+  only formatted for the rows that have a problem.
 
 Checks: paths that escape the root (``..``, absolute paths, symlinks pointing outside), missing and
 unreadable image files, duplicate images, annotations for unknown images, unknown classes,
@@ -63,7 +65,7 @@ def finalize(
     root = Path(root).resolve()
     images = images.reset_index(drop=True).copy()
     listed_keys = set(images["key"])  # boxes of images dropped below need no second warning
-    images["file_name"] = [_normalise(f) for f in images["file_name"]]
+    images["file_name"] = _normalise_names(images["file_name"])
     images = _drop_escaping(root, images, problems)
     images = _drop_duplicates(images, problems)
     if check_images:
@@ -79,6 +81,16 @@ def finalize(
 
 
 # ---------------------------------------------------------------------------- images
+def _normalise_names(names: pd.Series) -> list[str]:
+    """Clean POSIX relative paths; only the names that need it go through normpath."""
+    text = names.astype(str)
+    messy = text.str.contains(r"\\|//|(?:^|/)\.\.?(?:/|$)|^\s|\s$|/$", regex=True)
+    out = text.tolist()
+    for i in np.flatnonzero(messy.to_numpy()):
+        out[i] = _normalise(out[i])
+    return out
+
+
 def _normalise(name: object) -> str:
     text = str(name).replace("\\", "/").strip()
     return posixpath.normpath(text) if text else ""
@@ -207,11 +219,12 @@ def _attach_boxes(
     for r in boxes[orphan].itertuples(index=False):
         if r.key not in listed_keys:
             problems.add(r.src, f"annotation refers to unknown image {r.key!r}",
-                         kind="unknown-image", where=r.where)
+                         kind="unknown-image", where=_where(r.where))
     boxes = boxes[~orphan]
     unknown = (boxes["class_id"] < 0) | (boxes["class_id"] >= len(classes))
     for r in boxes[unknown].itertuples(index=False):
-        problems.add(r.src, f"unknown class {r.label!r}", kind="unknown-class", where=r.where)
+        label = repr(r.label) if isinstance(r.label, str) else f"(category_id {r.label!r})"
+        problems.add(r.src, f"unknown class {label}", kind="unknown-class", where=_where(r.where))
     boxes = boxes[~unknown].copy()
     boxes["image_id"] = boxes["image_id"].astype("int64")
     return boxes
@@ -255,4 +268,9 @@ def _report(boxes: pd.DataFrame, mask: np.ndarray, problems: ProblemLog, msg: st
             action: str = "skipped") -> None:
     for r in boxes[mask].itertuples(index=False):
         coords = ", ".join(f"{v:g}" for v in (r.x1, r.y1, r.x2, r.y2))
-        problems.add(r.src, f"{msg} ({coords})", kind=kind, where=r.where, action=action)
+        problems.add(r.src, f"{msg} ({coords})", kind=kind, where=_where(r.where), action=action)
+
+
+def _where(value: object) -> str:
+    """Readers give a place as text, or (COCO boxes) as the bare annotation id."""
+    return value if isinstance(value, str) else f"annotation id {value}"

@@ -134,7 +134,6 @@ def predict(
     source: str | Path,
     opts: PredictOptions,
     detector=None,
-    on_image: Callable[[int], None] | None = None,
 ) -> dict:
     """Predict every image of ``source`` into the output folder; return the summary.
 
@@ -152,12 +151,12 @@ def predict(
             "drop --half or pass --device cuda"
         )
     sources = list_sources(source)
+    out_dir = output_dir(opts)  # refuse before the (slow) model load
     if detector is None:
         detector = load_detector(opts.weights, opts.backend, device, opts.half)
     names = list(detector.class_names)
     thresholds = class_thresholds(opts.conf, parse_class_conf(opts.class_conf, names), len(names))
     detector.configure(PostprocessSettings(float(thresholds.min()), opts.iou, opts.max_det))
-    out_dir = output_dir(opts)
     dataset = PredictDataset(
         sources, detector.image_size, opts.tile, opts.tile_overlap, keep_image=opts.save_images
     )
@@ -173,8 +172,6 @@ def predict(
             run.timings["wait_for_data"] += time.perf_counter() - wait
             run.batch(tiles, metas, writer)
             advance(len(metas))
-            if on_image is not None:
-                on_image(len(metas))
             wait = time.perf_counter()
         t = time.perf_counter()
         writer.finish()

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from defectdet.data.problems import ProblemLog
 from defectdet.data.validate import raw_boxes, raw_images
@@ -63,8 +64,8 @@ def read_coco(path: Path, root: Path, problems: ProblemLog):
         split = split_name(f) if multi else None
         _add_images(f, doc, base, split, img_cols, problems)
         box_parts.append(_boxes(f, doc, cat_ids, problems))
-    boxes = {k: [v for part in box_parts for v in part[k]] for k in box_parts[0]}
-    return classes, raw_images(img_cols), raw_boxes(boxes)
+    boxes = pd.concat([raw_boxes(part) for part in box_parts], ignore_index=True)
+    return classes, raw_images(img_cols), boxes
 
 
 def _load(path: Path) -> dict:
@@ -129,43 +130,78 @@ def _image_base(path: Path, root: Path, doc: dict) -> str:
 
 def _add_images(f: Path, doc: dict, base: str, split: str | None, cols: dict,
                 problems: ProblemLog) -> None:
-    for i, im in enumerate(doc.get("images", [])):
-        if not isinstance(im, dict) or "file_name" not in im or not _is_id(im.get("id")):
-            problems.add(f, "image entry needs an integer 'id' and a 'file_name'",
-                         kind="bad-record", where=f"images[{i}]")
-            continue
-        name = im["file_name"]
-        cols["key"].append(im["id"])
-        cols["file_name"].append(f"{base}/{name}" if base and isinstance(name, str) else name)
-        cols["width"].append(_num(im.get("width")))
-        cols["height"].append(_num(im.get("height")))
-        cols["split"].append(split if split is not None else str(im.get("split", "")))
-        cols["src"].append(str(f))
-        cols["where"].append(f"image id {im['id']}")
+    images = doc.get("images", [])
+    good = [im for im in images if isinstance(im, dict) and "file_name" in im
+            and _is_id(im.get("id"))]
+    if len(good) < len(images):
+        for i, im in enumerate(images):
+            if not (isinstance(im, dict) and "file_name" in im and _is_id(im.get("id"))):
+                problems.add(f, "image entry needs an integer 'id' and a 'file_name'",
+                             kind="bad-record", where=f"images[{i}]")
+    ids = [im["id"] for im in good]
+    names = [im["file_name"] for im in good]
+    cols["key"] += ids
+    cols["file_name"] += [f"{base}/{n}" if base and isinstance(n, str) else n for n in names]
+    cols["width"] += [_num(im.get("width")) for im in good]
+    cols["height"] += [_num(im.get("height")) for im in good]
+    cols["split"] += [split] * len(good) if split is not None else [
+        str(im.get("split", "")) for im in good]
+    cols["src"] += [str(f)] * len(good)
+    cols["where"] += [f"image id {i}" for i in ids]
 
 
-def _boxes(f: Path, doc: dict, cat_ids: dict, problems: ProblemLog) -> dict[str, list]:
+def _boxes(f: Path, doc: dict, cat_ids: dict, problems: ProblemLog) -> dict:
+    """Column arrays of the file's boxes. ``where`` holds annotation ids and ``label`` raw
+    category ids: messages are formatted only for the few rows that have a problem."""
     anns = doc.get("annotations", [])
-    good = [a for a in anns if isinstance(a, dict) and _is_id(a.get("image_id"))]
-    if len(good) < len(anns):
-        for i, a in enumerate(anns):
-            if not (isinstance(a, dict) and _is_id(a.get("image_id"))):
-                problems.add(f, "annotation needs an integer 'image_id'", kind="bad-record",
-                             where=f"annotations[{i}]")
+    good = anns if _fast_ok(anns) else _good_annotations(f, anns, problems)
     xywh = _bbox_array(good)
     cats = [a.get("category_id") for a in good]
-    ids = [a.get("id", i) for i, a in enumerate(good)]
+    get = cat_ids.get
     return {
-        "key": [a["image_id"] for a in good],
-        "class_id": [cat_ids.get(c, -1) if isinstance(c, int) else -1 for c in cats],
-        "label": [f"category_id {c}" for c in cats],
+        "key": _column([a["image_id"] for a in good]),
+        # ``type(c) is int`` also refuses booleans, which JSON true/false would give.
+        "class_id": np.array([get(c, -1) if type(c) is int else -1 for c in cats], np.int64),
+        "label": _column(cats),
         "x1": xywh[:, 0],
         "y1": xywh[:, 1],
         "x2": xywh[:, 0] + xywh[:, 2],
         "y2": xywh[:, 1] + xywh[:, 3],
-        "src": [str(f)] * len(good),
-        "where": [f"annotation id {i}" for i in ids],
+        "src": np.full(len(good), str(f), dtype=object),
+        "where": _column([a.get("id", i) for i, a in enumerate(good)]),
     }
+
+
+def _column(values: list) -> np.ndarray:
+    """A list as an array: int64 when it is all integers (fast to tabulate), else objects."""
+    if all(type(v) is int for v in values):  # not bool, not "5", not 2.5
+        try:
+            return np.array(values, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError):
+            pass
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _fast_ok(anns: list) -> bool:
+    """True when every annotation is a dict with an integer image_id (the normal case)."""
+    try:
+        ids = np.array([a["image_id"] for a in anns])
+    except (TypeError, KeyError):
+        return False
+    return ids.dtype.kind in "iu" or len(anns) == 0
+
+
+def _good_annotations(f: Path, anns: list, problems: ProblemLog) -> list[dict]:
+    good = []
+    for i, a in enumerate(anns):
+        if isinstance(a, dict) and _is_id(a.get("image_id")):
+            good.append(a)
+        else:
+            problems.add(f, "annotation needs an integer 'image_id'", kind="bad-record",
+                         where=f"annotations[{i}]")
+    return good
 
 
 def _bbox_array(anns: list[dict]) -> np.ndarray:
