@@ -110,7 +110,7 @@ class Trainer:
         self.loader, self.sampler = self._build_loader()
         self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
                       "total_steps": self._total_steps(), "best": -math.inf, "best_epoch": -1,
-                      "bad_epochs": 0}
+                      "bad_epochs": 0, "finished": False}
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.state["total_steps"])
         use_scaler = self.amp and amp_dtype(self.device) == torch.float16
@@ -198,6 +198,8 @@ class Trainer:
                 self.state.update(epoch=epoch + 1, step_in_epoch=0)
                 if self._end_epoch(epoch, losses, time.perf_counter() - t0):
                     break
+        self.state["finished"] = True  # compare and scripts tell done runs from partial ones
+        self._save_last()
         if self.info.is_main:
             self._finish()
         return self.run_dir

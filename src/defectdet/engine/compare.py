@@ -1,0 +1,218 @@
+"""``defectdet compare``: train variants with the same budget, split and seed, evaluate each the
+same way, and put them in one table (CSV, Markdown, bar chart).
+
+A variant is a comma-separated list of ``key=value`` over the train options, keys named as in
+``config.yaml`` (``loss=focal,gamma=2``, ``sampler=repeat-factor``, ``class_weights=effective``;
+dashes and underscores are the same). Each variant is an ordinary run folder under
+``PROJECT/NAME/``: a finished one is not trained again, an interrupted one is resumed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from defectdet.config import TrainConfig, load_yaml, override
+from defectdet.console import out
+from defectdet.errors import ConfigError
+from defectdet.io import atomic_open, write_text
+
+COLUMNS = ["variant", "map50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "auroc",
+           "train_minutes", "best_epoch"]
+
+
+@dataclass
+class Variant:
+    name: str
+    updates: dict[str, Any]
+
+
+def option_keys() -> dict[str, str]:
+    """Every train option's short name → ``section.key`` (names are unique across sections)."""
+    keys, defaults = {}, TrainConfig()
+    for section in dataclasses.fields(defaults):
+        for f in dataclasses.fields(getattr(defaults, section.name)):
+            keys[f.name] = f"{section.name}.{f.name}"
+    keys["preset"] = keys["augment"] = "augment.preset"
+    return keys
+
+
+def parse_variant(text: str, keys: dict[str, str] | None = None) -> Variant:
+    """``"loss=focal,gamma=2"`` → Variant with ``{"loss.loss": "focal", "loss.gamma": 2}``."""
+    pairs = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"variant {text!r}: {part!r} is not key=value")
+        pairs[key] = yaml.safe_load(value) if value.strip() else ""
+    return Variant(text.strip(), _updates(pairs, keys or option_keys(), f"variant {text!r}"))
+
+
+def _updates(pairs: dict[str, Any], keys: dict[str, str], where: str) -> dict[str, Any]:
+    """Short option names → dotted config keys; unknown names are an error."""
+    updates = {}
+    for key, value in pairs.items():
+        name = str(key).strip().replace("-", "_")
+        if name not in keys:
+            raise ConfigError(f"{where}: {key!r} is not a train option (e.g. loss, gamma, alpha, "
+                              "class_weights, sampler, background_fraction, copy_paste)")
+        updates[keys[name]] = value
+    if not updates:
+        raise ConfigError(f"{where}: empty; give e.g. 'loss=ce'")
+    return updates
+
+
+def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Variant]]:
+    """A YAML grid: ``base:`` (train options, flat ``key: value``) and ``variants:`` (a list of
+    ``key=value,...`` strings, or a mapping name → {key: value})."""
+    data = load_yaml(path)
+    keys = option_keys()
+    base = _updates(data.get("base") or {"seed": 0}, keys, f"{path}: base")
+    raw = data.get("variants") or []
+    if isinstance(raw, dict):
+        variants = [Variant(str(name), _updates(opts or {}, keys, f"{path}: {name}"))
+                    for name, opts in raw.items()]
+    elif isinstance(raw, list):
+        variants = [parse_variant(str(v), keys) for v in raw]
+    else:
+        raise ConfigError(f"{path}: 'variants' must be a list or a mapping")
+    return base, variants
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name.replace(",", "+")).strip("_") or "variant"
+
+
+def run_compare(base: TrainConfig, variants: list[Variant], study_dir: Path,
+                far: float = 0.05) -> pd.DataFrame:
+    """Train (or resume, or skip) every variant, evaluate its best.pt, write the table."""
+    if not variants:
+        raise ConfigError("no variants to compare; pass --runs or --grid")
+    names = [slug(v.name) for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError("two variants have the same name")
+    rows = []
+    for variant, name in zip(variants, names, strict=True):
+        cfg = override(copy.deepcopy(base), variant.updates)
+        cfg.run.project, cfg.run.name, cfg.run.exist_ok = str(study_dir), name, True
+        out.rule(f"[bold]{variant.name}[/]")
+        run_dir = _train_or_resume(cfg, study_dir / name)
+        rows.append({"variant": variant.name, **_score(run_dir, far)})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    write_outputs(table, study_dir, far)
+    return table
+
+
+def _train_or_resume(cfg: TrainConfig, run_dir: Path) -> Path:
+    from defectdet.engine.train import train
+    from defectdet.model import load_checkpoint
+
+    last = run_dir / "weights" / "last.pt"
+    if last.is_file():
+        state = load_checkpoint(last).get("state", {})
+        if state.get("finished"):
+            out.print(f"already trained: {run_dir}")
+            return run_dir
+        return train(TrainConfig(), resume=run_dir)
+    return train(cfg)
+
+
+def _score(run_dir: Path, far: float) -> dict[str, Any]:
+    """Evaluate best.pt on the run's own validation split."""
+    import numpy as np
+
+    from defectdet.config import from_dict
+    from defectdet.engine.evaluate import evaluate_model
+    from defectdet.engine.metrics import image_scores, recall_at_false_alarm
+    from defectdet.engine.setup import load_run_data
+    from defectdet.model import load_checkpoint, model_from_checkpoint, resolve_device
+
+    ckpt = load_checkpoint(run_dir / "weights" / "best.pt")
+    cfg = from_dict(TrainConfig, ckpt["config"])
+    data = load_run_data(cfg)
+    device = resolve_device(cfg.run.device)
+    model, mcfg = model_from_checkpoint(ckpt, device)
+    metrics, dets = evaluate_model(model, data.val, mcfg.image_size, device, conf=cfg.run.conf,
+                                   batch_size=cfg.optim.batch_size, workers=cfg.run.workers)
+    counts = np.bincount(data.train.boxes["class_id"], minlength=data.train.num_classes)
+    present = [k for k in np.argsort(counts) if metrics["classes"][k]["ap50"] is not None]
+    truth, score, _ = image_scores(data.val, dets, cfg.run.conf)
+    both = truth.any() and (~truth).any()
+    history = pd.read_csv(run_dir / "metrics.csv")
+    return {
+        "map50": metrics["map50"],
+        "mean_class_ap50": metrics["mean_class_ap50"],
+        "rarest_ap50": metrics["classes"][present[0]]["ap50"] if present else None,
+        "recall_at_far": recall_at_false_alarm(truth, score, far) if both else None,
+        "auroc": metrics["image_level"]["auroc"],
+        "train_minutes": round(float(history["seconds"].sum()) / 60, 2),
+        "best_epoch": int(ckpt.get("epoch", 0)),
+    }
+
+
+def write_outputs(table: pd.DataFrame, study_dir: Path, far: float) -> None:
+    """compare.csv, compare.md and compare.png in the study folder, and the table on screen."""
+    from rich.table import Table
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_open(study_dir / "compare.csv", "w", encoding="utf-8", newline="") as fh:
+        table.to_csv(fh, index=False, float_format="%.4f")
+    write_text(study_dir / "compare.md", to_markdown(table, far))
+    _plot(table, study_dir / "compare.png", far)
+    rich_table = Table(title=f"compare ({study_dir})", title_justify="left")
+    for col in COLUMNS:
+        rich_table.add_column(_header(col, far), justify="left" if col == "variant" else "right")
+    best = {c: table[c].max() for c in COLUMNS[1:6] if table[c].notna().any()}
+    for _, row in table.iterrows():
+        cells = [str(row["variant"])]
+        for c in COLUMNS[1:]:
+            text = _fmt(row[c])
+            cells.append(f"[bold green]{text}[/]" if c in best and row[c] == best[c] else text)
+        rich_table.add_row(*cells)
+    out.print(rich_table)
+
+
+def _header(col: str, far: float) -> str:
+    return {"recall_at_far": f"defect recall @ {far:.0%} false alarms",
+            "mean_class_ap50": "mean per-class AP50", "rarest_ap50": "AP50 rarest class",
+            "map50": "mAP50", "auroc": "image AUROC", "train_minutes": "train min",
+            "best_epoch": "best epoch"}.get(col, col)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def to_markdown(table: pd.DataFrame, far: float) -> str:
+    head = "| " + " | ".join(_header(c, far) for c in COLUMNS) + " |"
+    rule = "|" + "|".join("---" if c == "variant" else "---:" for c in COLUMNS) + "|"
+    body = ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for _, r in table.iterrows()]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def _plot(table: pd.DataFrame, path: Path, far: float) -> None:
+    from matplotlib.figure import Figure
+
+    metrics = ["map50", "mean_class_ap50", "rarest_ap50", "recall_at_far"]
+    fig = Figure(figsize=(max(8, 1.2 * len(table) + 4), 4.5), dpi=100)
+    ax = fig.subplots()
+    width = 0.8 / len(metrics)
+    for i, m in enumerate(metrics):
+        xs = [x + (i - 1.5) * width for x in range(len(table))]
+        ax.bar(xs, table[m].fillna(0).to_numpy(dtype=float), width, label=_header(m, far))
+    ax.set_xticks(range(len(table)))
+    ax.set_xticklabels(table["variant"], rotation=30, ha="right", fontsize=8)
+    ax.set(ylim=(0, 1), ylabel="score", title="imbalance remedies compared")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
