@@ -1,0 +1,114 @@
+"""Build an imbalanced, line-like version of DeepPCB for the imbalance study.
+
+DeepPCB (../shared/data/deeppcb) is balanced as shipped (ratio 1.33) and has no defect-free
+images. A real line is neither, so this script:
+
+1. adds the defect-free templates (``*_temp.jpg``) as background images;
+2. thins some classes hard. Dropping a box would leave its defect in the picture, unlabelled
+   (label noise, not imbalance), so a thinned defect is *erased*: its box (plus a margin) is
+   replaced by the same pixels of the aligned defect-free template;
+3. resizes everything to ``--size`` (CPU budget) and writes COCO train/val files.
+
+Default keep-fractions: open 1.0, short 0.5, mousebite 0.25, spur 0.12, copper 0.06, pin-hole 0.03.
+Train draws ``--images`` test images from trainval; val is all 500 test images (so the rare
+classes have enough instances to measure).
+
+Run: .venv/bin/python benchmarks/make_deeppcb_imbalanced.py OUT [--size 320] [--images 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from defectdet.io import write_json
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "deeppcb" / "PCBData"
+KEEP = {"open": 1.0, "short": 0.5, "mousebite": 0.25, "spur": 0.12, "copper": 0.06,
+        "pin-hole": 0.03}
+MARGIN = 3  # px around an erased box, in the original 640 px image
+
+
+def build(out: Path, size: int, n_images: int, seed: int, keep: dict[str, float]) -> dict:
+    rng = np.random.default_rng(seed)
+    docs = {}
+    for split, src in (("train", "coco_trainval.json"), ("val", "coco_test.json")):
+        doc = json.loads((SHARED / src).read_text())
+        count = n_images if split == "train" else len(doc["images"])
+        docs[split] = _convert(doc, out, split, size, count, rng, keep)
+    return {split: _summary(doc) for split, doc in docs.items()}
+
+
+def _convert(doc: dict, out: Path, split: str, size: int, count: int,
+             rng: np.random.Generator, keep: dict[str, float]) -> dict:
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    by_image: dict[int, list] = {}
+    for a in doc["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    chosen = rng.choice(len(doc["images"]), min(count, len(doc["images"])), replace=False)
+    images, anns = [], []
+    (out / "images" / split).mkdir(parents=True, exist_ok=True)
+    for idx in sorted(chosen):
+        im = doc["images"][idx]
+        test = cv2.imread(str(SHARED / im["file_name"]))
+        temp = cv2.imread(str(SHARED / im["template"]))
+        kept = []
+        for a in by_image.get(im["id"], []):
+            if rng.random() < keep[names[a["category_id"]]]:
+                kept.append(a)
+            else:
+                _erase(test, temp, a["bbox"])
+        scale = size / max(test.shape[:2])
+        for kind, img, boxes in (("test", test, kept), ("temp", temp, [])):
+            name = f"images/{split}/{Path(im['file_name']).stem.replace('_test', '')}_{kind}.jpg"
+            cv2.imwrite(str(out / name), cv2.resize(img, None, fx=scale, fy=scale,
+                                                    interpolation=cv2.INTER_AREA))
+            images.append({"id": len(images) + 1, "file_name": name,
+                           "width": round(img.shape[1] * scale),
+                           "height": round(img.shape[0] * scale)})
+            for a in boxes:
+                x, y, w, h = (v * scale for v in a["bbox"])
+                anns.append({"id": len(anns) + 1, "image_id": len(images),
+                             "category_id": a["category_id"], "bbox": [x, y, w, h],
+                             "area": w * h, "iscrowd": 0})
+    result = {"images": images, "annotations": anns, "categories": doc["categories"]}
+    write_json(out / "annotations" / f"{split}.json", result)
+    return result
+
+
+def _erase(test: np.ndarray, temp: np.ndarray, bbox: list[float]) -> None:
+    x, y, w, h = (round(v) for v in bbox)
+    x1, y1 = max(x - MARGIN, 0), max(y - MARGIN, 0)
+    x2, y2 = min(x + w + MARGIN, test.shape[1]), min(y + h + MARGIN, test.shape[0])
+    test[y1:y2, x1:x2] = temp[y1:y2, x1:x2]
+
+
+def _summary(doc: dict) -> dict:
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    counts = {n: 0 for n in names.values()}
+    for a in doc["annotations"]:
+        counts[names[a["category_id"]]] += 1
+    with_boxes = {a["image_id"] for a in doc["annotations"]}
+    return {"images": len(doc["images"]), "background": len(doc["images"]) - len(with_boxes),
+            "boxes": counts}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--size", type=int, default=320)
+    ap.add_argument("--images", type=int, default=600, help="test images drawn for train "
+                    "(val: all 500 test images); each brings its template as a background image")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        raise SystemExit(f"DeepPCB not found at {SHARED}")
+    print(json.dumps(build(args.out, args.size, args.images, args.seed, KEEP), indent=2))
+
+
+if __name__ == "__main__":
+    main()
