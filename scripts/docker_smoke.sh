@@ -4,7 +4,7 @@
 # non-empty and belong to the invoking user.
 #
 # Environment:
-#   CONTAINER_ENGINE  docker | podman (default: whichever is found, podman first if both are)
+#   CONTAINER_ENGINE  docker | podman (default: the first of podman, docker whose `info` answers)
 #   IMAGE             tag to build and run (default: defectdet:smoke)
 #   BASE_IMAGE        base image build argument (default: python:3.11-slim)
 #   VARIANT           cpu | cuda build argument (default: cpu)
@@ -28,13 +28,14 @@ die() { printf '\nDOCKER SMOKE FAILED: %s\n' "$*" >&2; exit 1; }
 # ------------------------------------------------------------------------------ engine
 ENGINE=${CONTAINER_ENGINE:-}
 if [ -z "$ENGINE" ]; then
-    if command -v podman >/dev/null 2>&1; then
-        ENGINE=podman
-    elif command -v docker >/dev/null 2>&1; then
-        ENGINE=docker
-    else
-        die "neither podman nor docker found (set CONTAINER_ENGINE)"
-    fi
+    # the first one that answers (a docker client without a daemon does not)
+    for candidate in podman docker; do
+        if command -v "$candidate" >/dev/null 2>&1 && "$candidate" info >/dev/null 2>&1; then
+            ENGINE=$candidate
+            break
+        fi
+    done
+    [ -n "$ENGINE" ] || die "no working container engine: podman/docker missing or not running (set CONTAINER_ENGINE)"
 fi
 command -v "$ENGINE" >/dev/null 2>&1 || die "container engine '$ENGINE' not found"
 "$ENGINE" info >/dev/null 2>&1 || die "'$ENGINE info' fails: is the engine (daemon/socket) running?"
@@ -76,12 +77,19 @@ fi
 # ------------------------------------------------------------------------------ run
 # --user: the files written to /runs belong to whoever runs this script (root under rootful
 # engines run as root). HOME=/tmp: that uid may have no home directory in the image.
-declare -a run=("$ENGINE" run --rm --user "$(id -u):$(id -g)" -e HOME=/tmp
-    -v "$DATA:/data:ro" -v "$RUNS:/runs")
-# a rootless podman maps the container's uids into a sub-uid range; keep ours the same inside
-if [ "$ENGINE" = podman ] && [ "$(id -u)" != 0 ]; then
-    run+=(--userns=keep-id)
+# Rootless engines map the container's uids: podman keeps ours with --userns=keep-id; rootless
+# docker maps container root to us, so run as root inside.
+user="$(id -u):$(id -g)"
+declare -a extra=()
+if [ "$(id -u)" != 0 ]; then
+    if [ "$ENGINE" = podman ]; then
+        extra+=(--userns=keep-id)
+    elif "$ENGINE" info --format '{{.SecurityOptions}}' 2>/dev/null | grep -q rootless; then
+        user=0:0
+    fi
 fi
+declare -a run=("$ENGINE" run --rm --user "$user" -e HOME=/tmp ${extra[@]+"${extra[@]}"}
+    -v "$DATA:/data:ro" -v "$RUNS:/runs")
 run+=("$IMAGE")
 
 declare -a summary=()

@@ -26,6 +26,8 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     except OSError as exc:
         raise DefectdetError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
+        # mkstemp makes 0600 files; give the result the permissions a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
@@ -37,6 +39,12 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         if isinstance(exc, OSError):
             raise DefectdetError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:
