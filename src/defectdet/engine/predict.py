@@ -165,7 +165,7 @@ def predict(
     t0 = time.perf_counter()
     with (
         PredictionWriter(out_dir, names, opts.save_images) as writer,
-        _progress(len(sources), opts.progress) as advance,
+        _ProgressBar(len(sources), opts.progress) as advance,
     ):
         wait = time.perf_counter()
         for tiles, metas in loader:
@@ -278,7 +278,7 @@ def merge_tiles(
     return {"boxes": b.numpy(), "scores": s.numpy(), "labels": lab.numpy().astype(np.int64)}
 
 
-class _progress:
+class _ProgressBar:
     """Rich progress bar on stderr with images/s; yields ``advance(n)``."""
 
     def __init__(self, total: int, enabled: bool) -> None:
@@ -290,7 +290,6 @@ class _progress:
             TimeRemainingColumn,
         )
 
-        self.enabled = enabled
         self.t0, self.done = time.perf_counter(), 0
         self.bar = Progress(
             TextColumn("predict"),

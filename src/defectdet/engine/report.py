@@ -200,10 +200,11 @@ def _image_level(il: dict, console: Console) -> None:
     console.print(t)
     acc, base = il["accuracy"], il["always_ok_accuracy"]
     if acc is not None and base is not None and acc - base < 0.05:
+        how = "below" if acc < base else "within 5 points of"
         console.print(
-            f"[yellow]note:[/] accuracy {acc:.1%} is barely above (or below) the "
-            f'{base:.1%} of answering "ok" for every image; judge the model by '
-            "defect recall, false-alarm rate and balanced accuracy"
+            f"[yellow]note:[/] accuracy {acc:.1%} is {how} the {base:.1%} of answering "
+            '"ok" for every image; judge the model by defect recall, false-alarm rate and '
+            "balanced accuracy"
         )
 
 

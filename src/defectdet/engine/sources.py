@@ -71,7 +71,7 @@ def _read_list(path: Path) -> list[Path]:
 def _glob_root(pattern: str) -> Path:
     """The folder before the first wildcard: names are reported relative to it."""
     parts = Path(pattern).parts
-    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))]]
+    fixed = parts[: next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))]
     return Path(*fixed) if fixed else Path(".")
 
 
