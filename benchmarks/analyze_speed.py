@@ -40,9 +40,14 @@ def make_coco(path: Path, num_images: int, num_boxes: int, seed: int = 0) -> Non
             for i in range(1, num_images + 1)
         ],
         "annotations": [
-            {"id": k + 1, "image_id": int(img[k]), "category_id": int(cls[k]),
-             "bbox": [float(xy[k, 0]), float(xy[k, 1]), float(wh[k, 0]), float(wh[k, 1])],
-             "area": float(wh[k, 0] * wh[k, 1]), "iscrowd": 0}
+            {
+                "id": k + 1,
+                "image_id": int(img[k]),
+                "category_id": int(cls[k]),
+                "bbox": [float(xy[k, 0]), float(xy[k, 1]), float(wh[k, 0]), float(wh[k, 1])],
+                "area": float(wh[k, 0] * wh[k, 1]),
+                "iscrowd": 0,
+            }
             for k in range(num_boxes)
         ],
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(classes)],
@@ -74,16 +79,22 @@ def main() -> None:
         t_load = best_of(lambda: load_dataset(path, check_images=False), args.repeat)
         catalog = load_dataset(path, check_images=False)
         t_report = best_of(lambda: build_report(catalog), args.repeat)
-        rows = [("json.load alone", t_json), ("load_dataset (no file checks)", t_load),
-                ("build_report", t_report), ("analyze total (load + report)", t_load + t_report)]
+        rows = [
+            ("json.load alone", t_json),
+            ("load_dataset (no file checks)", t_load),
+            ("build_report", t_report),
+            ("analyze total (load + report)", t_load + t_report),
+        ]
         if args.with_files:
             (Path(tmp) / "images").mkdir()
             for i in range(1, args.images + 1):
                 (Path(tmp) / "images" / f"{i:06d}.jpg").touch()
             t_files = best_of(lambda: load_dataset(path), args.repeat)
             rows.append(("load_dataset with file checks", t_files))
-    print(f"{args.images:,} images, {args.boxes:,} boxes, {size_mb:.0f} MB JSON; "
-          f"{platform.processor() or platform.machine()}, best of {args.repeat}")
+    print(
+        f"{args.images:,} images, {args.boxes:,} boxes, {size_mb:.0f} MB JSON; "
+        f"{platform.processor() or platform.machine()}, best of {args.repeat}"
+    )
     for name, t in rows:
         print(f"  {name:34s} {t:6.2f} s  ({t / t_json:4.1f} x json.load)")
 

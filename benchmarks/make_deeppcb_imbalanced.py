@@ -28,8 +28,14 @@ import numpy as np
 from defectdet.io import write_json
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "deeppcb" / "PCBData"
-KEEP = {"open": 1.0, "short": 0.5, "mousebite": 0.25, "spur": 0.12, "copper": 0.06,
-        "pin-hole": 0.03}
+KEEP = {
+    "open": 1.0,
+    "short": 0.5,
+    "mousebite": 0.25,
+    "spur": 0.12,
+    "copper": 0.06,
+    "pin-hole": 0.03,
+}
 MARGIN = 3  # px around an erased box, in the original 640 px image
 
 
@@ -43,8 +49,15 @@ def build(out: Path, size: int, n_images: int, seed: int, keep: dict[str, float]
     return {split: _summary(doc) for split, doc in docs.items()}
 
 
-def _convert(doc: dict, out: Path, split: str, size: int, count: int,
-             rng: np.random.Generator, keep: dict[str, float]) -> dict:
+def _convert(
+    doc: dict,
+    out: Path,
+    split: str,
+    size: int,
+    count: int,
+    rng: np.random.Generator,
+    keep: dict[str, float],
+) -> dict:
     names = {c["id"]: c["name"] for c in doc["categories"]}
     by_image: dict[int, list] = {}
     for a in doc["annotations"]:
@@ -65,16 +78,30 @@ def _convert(doc: dict, out: Path, split: str, size: int, count: int,
         scale = size / max(test.shape[:2])
         for kind, img, boxes in (("test", test, kept), ("temp", temp, [])):
             name = f"images/{split}/{Path(im['file_name']).stem.replace('_test', '')}_{kind}.jpg"
-            cv2.imwrite(str(out / name), cv2.resize(img, None, fx=scale, fy=scale,
-                                                    interpolation=cv2.INTER_AREA))
-            images.append({"id": len(images) + 1, "file_name": name,
-                           "width": round(img.shape[1] * scale),
-                           "height": round(img.shape[0] * scale)})
+            cv2.imwrite(
+                str(out / name),
+                cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA),
+            )
+            images.append(
+                {
+                    "id": len(images) + 1,
+                    "file_name": name,
+                    "width": round(img.shape[1] * scale),
+                    "height": round(img.shape[0] * scale),
+                }
+            )
             for a in boxes:
                 x, y, w, h = (v * scale for v in a["bbox"])
-                anns.append({"id": len(anns) + 1, "image_id": len(images),
-                             "category_id": a["category_id"], "bbox": [x, y, w, h],
-                             "area": w * h, "iscrowd": 0})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": len(images),
+                        "category_id": a["category_id"],
+                        "bbox": [x, y, w, h],
+                        "area": w * h,
+                        "iscrowd": 0,
+                    }
+                )
     result = {"images": images, "annotations": anns, "categories": doc["categories"]}
     write_json(out / "annotations" / f"{split}.json", result)
     return result
@@ -93,16 +120,24 @@ def _summary(doc: dict) -> dict:
     for a in doc["annotations"]:
         counts[names[a["category_id"]]] += 1
     with_boxes = {a["image_id"] for a in doc["annotations"]}
-    return {"images": len(doc["images"]), "background": len(doc["images"]) - len(with_boxes),
-            "boxes": counts}
+    return {
+        "images": len(doc["images"]),
+        "background": len(doc["images"]) - len(with_boxes),
+        "boxes": counts,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--size", type=int, default=320)
-    ap.add_argument("--images", type=int, default=600, help="test images drawn for train "
-                    "(val: all 500 test images); each brings its template as a background image")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=600,
+        help="test images drawn for train "
+        "(val: all 500 test images); each brings its template as a background image",
+    )
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not SHARED.is_dir():

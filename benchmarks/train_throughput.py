@@ -39,8 +39,9 @@ from defectdet.engine.train import Trainer
 
 
 def plain_model(num_classes: int, size: int) -> RetinaNet:
-    backbone = _resnet_fpn_extractor(resnet18(), 3, returned_layers=[2, 3, 4],
-                                     extra_blocks=LastLevelP6P7(256, 256))
+    backbone = _resnet_fpn_extractor(
+        resnet18(), 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256)
+    )
     head = RetinaNetHead(256, 9, num_classes)
     return RetinaNet(backbone, num_classes, min_size=size, max_size=size, head=head)
 
@@ -59,15 +60,22 @@ class PlainDataset(torch.utils.data.Dataset):
         r = self.rows[i]
         img = pil_to_tensor(Image.open(self.catalog.path_of(r.file_name)).convert("RGB"))
         b = self.boxes.get(int(r.image_id), np.zeros((0, 5)))
-        return img.float() / 255, {"boxes": torch.as_tensor(b[:, :4], dtype=torch.float32),
-                                   "labels": torch.as_tensor(b[:, 4], dtype=torch.int64)}
+        return img.float() / 255, {
+            "boxes": torch.as_tensor(b[:, :4], dtype=torch.float32),
+            "labels": torch.as_tensor(b[:, 4], dtype=torch.int64),
+        }
 
 
 def time_plain(catalog, size: int, batch: int, steps: int, workers: int) -> float:
     model = plain_model(catalog.num_classes, size).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
-    loader = torch.utils.data.DataLoader(PlainDataset(catalog), batch_size=batch, shuffle=True,
-                                         num_workers=workers, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(
+        PlainDataset(catalog),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
     return _timed(loader, steps, batch, partial(_plain_step, model, opt))
 
 
@@ -82,8 +90,9 @@ def _plain_step(model, opt, images, targets) -> None:
     opt.step()
 
 
-def time_ours(catalog, root: Path, size: int, batch: int, steps: int, workers: int,
-              narrow: bool) -> float:
+def time_ours(
+    catalog, root: Path, size: int, batch: int, steps: int, workers: int, narrow: bool
+) -> float:
     cfg = TrainConfig()
     cfg.data.path = str(root)
     cfg.model.image_size = size
@@ -132,14 +141,26 @@ def main() -> None:
         if args.data is None:
             synthesize(root, SynthConfig(images=120, width=args.size, height=args.size, seed=1))
         catalog = load_dataset(root)
-        rows = [("plain torchvision loop", time_plain(catalog, args.size, args.batch, args.steps,
-                                                      args.workers))]
+        rows = [
+            (
+                "plain torchvision loop",
+                time_plain(catalog, args.size, args.batch, args.steps, args.workers),
+            )
+        ]
         for narrow in (False, True):
             name = "defectdet, narrow head" if narrow else "defectdet, same architecture"
-            rows.append((name, time_ours(catalog, root, args.size, args.batch, args.steps,
-                                         args.workers, narrow)))
-    print(f"train images/s at {args.size} px, batch {args.batch}, {args.steps} timed steps, "
-          f"{torch.get_num_threads()} threads, {args.workers} workers")
+            rows.append(
+                (
+                    name,
+                    time_ours(
+                        catalog, root, args.size, args.batch, args.steps, args.workers, narrow
+                    ),
+                )
+            )
+    print(
+        f"train images/s at {args.size} px, batch {args.batch}, {args.steps} timed steps, "
+        f"{torch.get_num_threads()} threads, {args.workers} workers"
+    )
     base = rows[0][1]
     for name, rate in rows:
         print(f"  {name:32s} {rate:6.2f} img/s  ({rate / base:4.2f}x)")

@@ -22,9 +22,7 @@ def write_image(path: Path, width: int = 64, height: int = 48, value: int = 128)
 
 def coco_doc(images, annotations, categories=(("scratch", 1), ("crack", 2))) -> dict:
     return {
-        "images": [
-            {"id": i, "file_name": f, "width": w, "height": h} for i, f, w, h in images
-        ],
+        "images": [{"id": i, "file_name": f, "width": w, "height": h} for i, f, w, h in images],
         "annotations": [
             {"id": k + 1, "image_id": img, "category_id": c, "bbox": list(b), "iscrowd": 0}
             for k, (img, c, b) in enumerate(annotations)
@@ -40,8 +38,12 @@ def coco_dataset(tmp_path: Path) -> Path:
         write_image(tmp_path / "images" / f"{n}.jpg")
     doc = coco_doc(
         [(n + 1, f"{n}.jpg", 64, 48) for n in range(4)],
-        [(1, 1, (5, 5, 10, 10)), (1, 2, (20, 20, 8, 6)), (2, 1, (30, 10, 12, 12)),
-         (3, 1, (1, 1, 4, 4))],
+        [
+            (1, 1, (5, 5, 10, 10)),
+            (1, 2, (20, 20, 8, 6)),
+            (2, 1, (30, 10, 12, 12)),
+            (3, 1, (1, 1, 4, 4)),
+        ],
     )
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "instances.json").write_text(json.dumps(doc))

@@ -66,9 +66,11 @@ def test_strict_turns_problems_into_failure(tmp_path: Path):
     import numpy as np
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 20, 3), np.uint8))
-    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20}],
-           "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5]}],
-           "categories": [{"id": 1, "name": "x"}]}
+    doc = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5]}],
+        "categories": [{"id": 1, "name": "x"}],
+    }
     (tmp_path / "a.json").write_text(json.dumps(doc))
     lenient = runner.invoke(app, ["analyze", str(tmp_path / "a.json")])
     assert lenient.exit_code == 0 and "unknown class" in lenient.output
@@ -77,8 +79,9 @@ def test_strict_turns_problems_into_failure(tmp_path: Path):
 
 
 def test_synth_then_convert_round_trip(tmp_path: Path):
-    result = runner.invoke(app, ["synth", str(tmp_path / "d"), "-n", "12", "--size", "64",
-                                 "--seed", "3"])
+    result = runner.invoke(
+        app, ["synth", str(tmp_path / "d"), "-n", "12", "--size", "64", "--seed", "3"]
+    )
     assert result.exit_code == 0, result.output
     again = runner.invoke(app, ["synth", str(tmp_path / "d"), "-n", "12", "--size", "64"])
     assert again.exit_code == 4 and "--overwrite" in again.output

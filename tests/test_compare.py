@@ -6,19 +6,24 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_train import make_easy_dataset, tiny_config
 
 from defectdet.engine import compare as cmp
 from defectdet.errors import ConfigError
 from defectdet.model import load_checkpoint
+from test_train import make_easy_dataset, tiny_config
 
 
 def test_parse_variant_maps_short_names_and_types():
     v = cmp.parse_variant("loss=focal, gamma=0.5,class-weights=effective:0.99,copy_paste=0.3")
-    assert v.updates == {"loss.loss": "focal", "loss.gamma": 0.5,
-                         "loss.class_weights": "effective:0.99", "augment.copy_paste": 0.3}
+    assert v.updates == {
+        "loss.loss": "focal",
+        "loss.gamma": 0.5,
+        "loss.class_weights": "effective:0.99",
+        "augment.copy_paste": 0.3,
+    }
     assert cmp.parse_variant("sampler=repeat-factor").updates == {
-        "sampler.sampler": "repeat-factor"}
+        "sampler.sampler": "repeat-factor"
+    }
     with pytest.raises(ConfigError, match="not a train option"):
         cmp.parse_variant("lossy=ce")
     with pytest.raises(ConfigError, match="not key=value"):
@@ -27,8 +32,10 @@ def test_parse_variant_maps_short_names_and_types():
 
 def test_grid_yaml(tmp_path: Path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("base:\n  epochs: 3\n  image_size: 64\nvariants:\n  ce: {loss: ce}\n"
-                    "  focal2: {loss: focal, gamma: 2}\n")
+    grid.write_text(
+        "base:\n  epochs: 3\n  image_size: 64\nvariants:\n  ce: {loss: ce}\n"
+        "  focal2: {loss: focal, gamma: 2}\n"
+    )
     base, variants = cmp.load_grid(grid)
     assert base == {"optim.epochs": 3, "model.image_size": 64}
     assert [v.name for v in variants] == ["ce", "focal2"]

@@ -34,8 +34,9 @@ def test_coco_reads_images_boxes_and_keeps_background(coco_dataset: Path):
 def test_coco_folder_with_split_files(tmp_path: Path):
     for n in range(3):
         write_image(tmp_path / "images" / f"{n}.jpg")
-    train = coco_doc([(1, "images/0.jpg", 64, 48), (2, "images/1.jpg", 64, 48)],
-                     [(1, 1, (1, 1, 5, 5))])
+    train = coco_doc(
+        [(1, "images/0.jpg", 64, 48), (2, "images/1.jpg", 64, 48)], [(1, 1, (1, 1, 5, 5))]
+    )
     val = coco_doc([(7, "images/2.jpg", 64, 48)], [(7, 2, (1, 1, 5, 5))])
     (tmp_path / "instances_train2017.json").write_text(json.dumps(train))
     (tmp_path / "instances_val2017.json").write_text(json.dumps(val))
@@ -51,8 +52,14 @@ def test_coco_validation_problems_named(tmp_path: Path):
     write_image(outside)
     os.symlink(outside, tmp_path / "link.jpg")
     doc = coco_doc(
-        [(1, "a.jpg", 64, 48), (2, "missing.jpg", 64, 48), (3, "../escape.jpg", 64, 48),
-         (4, "a.jpg", 64, 48), (5, "link.jpg", 64, 48), (6, "b.jpg", 64, 48)],
+        [
+            (1, "a.jpg", 64, 48),
+            (2, "missing.jpg", 64, 48),
+            (3, "../escape.jpg", 64, 48),
+            (4, "a.jpg", 64, 48),
+            (5, "link.jpg", 64, 48),
+            (6, "b.jpg", 64, 48),
+        ],
         [
             (1, 1, (60, 40, 6, 6)),  # slightly outside: clipped
             (1, 1, (100, 100, 5, 5)),  # entirely outside: dropped
@@ -84,9 +91,12 @@ def test_coco_validation_problems_named(tmp_path: Path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"),
-     ('{"images": {}, "categories": []}', "must be a list"),
-     ('{"images": [], "annotations": [], "categories": []}', "no categories")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"images": {}, "categories": []}', "must be a list"),
+        ('{"images": [], "annotations": [], "categories": []}', "no categories"),
+    ],
 )
 def test_coco_unusable_files(tmp_path: Path, content: str, message: str):
     (tmp_path / "bad.json").write_text(content)
@@ -144,8 +154,9 @@ def test_voc_sloppy_filenames_resolved(tmp_path: Path):
     (sets / "val.txt").write_text("d\n")
     cat = load_dataset(tmp_path)
     assert cat.format == "voc" and len(cat.problems) == 0
-    assert sorted(cat.images["file_name"]) == [f"JPEGImages/{n}" for n in
-                                              ("a.jpg", "b.png", "c.jpg", "d.jpg")]
+    assert sorted(cat.images["file_name"]) == [
+        f"JPEGImages/{n}" for n in ("a.jpg", "b.png", "c.jpg", "d.jpg")
+    ]
     assert cat.classes == ["crack", "scratch"]
     box = cat.boxes.iloc[0]
     assert (box.x1, box.y1, box.x2, box.y2) == (10, 5, 20, 15)  # 1-based → 0-based
@@ -155,9 +166,11 @@ def test_voc_sloppy_filenames_resolved(tmp_path: Path):
 def test_voc_entity_expansion_refused(tmp_path: Path):
     write_image(tmp_path / "a.jpg")
     write_voc(tmp_path / "a.xml", "a.jpg")
-    bomb = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
-            '<!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><annotation><filename>&lol2;</filename>'
-            "</annotation>")
+    bomb = (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
+        '<!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><annotation><filename>&lol2;</filename>'
+        "</annotation>"
+    )
     (tmp_path / "bomb.xml").write_text(bomb)
     (tmp_path / "broken.xml").write_text("<annotation><filename>")
     cat = load_dataset(tmp_path)
@@ -175,8 +188,9 @@ def test_yolo_reads_normalised_boxes_splits_and_background(tmp_path: Path):
     (tmp_path / "data.yaml").write_text("names:\n  0: scratch\n  1: crack\n")
     labels = tmp_path / "labels" / "train"
     labels.mkdir(parents=True)
-    (labels / "a.txt").write_text("0 0.5 0.5 0.2 0.4\n1 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n"
-                                  "7 0.5 0.5 0.1 0.1\nx y z\n")
+    (labels / "a.txt").write_text(
+        "0 0.5 0.5 0.2 0.4\n1 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n7 0.5 0.5 0.1 0.1\nx y z\n"
+    )
     (tmp_path / "labels" / "val").mkdir()
     (tmp_path / "labels" / "val" / "c.txt").write_text("")
     cat = load_dataset(tmp_path)

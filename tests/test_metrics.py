@@ -20,10 +20,19 @@ from defectdet.engine.metrics import (
 
 def catalog() -> Catalog:
     """4 images: 1 has a class-0 box, 2 has a class-1 box, 3 and 4 are defect-free."""
-    images = pd.DataFrame({"image_id": [1, 2, 3, 4], "file_name": list("abcd"), "width": 100,
-                           "height": 100, "split": ""})
-    boxes = pd.DataFrame([(1, 0, 10.0, 10.0, 30.0, 30.0), (2, 1, 50.0, 50.0, 70.0, 80.0)],
-                         columns=["image_id", "class_id", "x1", "y1", "x2", "y2"])
+    images = pd.DataFrame(
+        {
+            "image_id": [1, 2, 3, 4],
+            "file_name": list("abcd"),
+            "width": 100,
+            "height": 100,
+            "split": "",
+        }
+    )
+    boxes = pd.DataFrame(
+        [(1, 0, 10.0, 10.0, 30.0, 30.0), (2, 1, 50.0, 50.0, 70.0, 80.0)],
+        columns=["image_id", "class_id", "x1", "y1", "x2", "y2"],
+    )
     return Catalog(Path("."), ["scratch", "crack"], images, boxes)
 
 
@@ -66,8 +75,11 @@ def test_confusion_matrix_background_row_and_column():
 
 
 def test_image_level_and_per_class_thresholds():
-    dets = [det(1, [[10, 10, 30, 30, 0.4, 0]]), det(2, [[50, 50, 70, 80, 0.2, 1]]),
-            det(3, [[1, 1, 9, 9, 0.35, 0]])]
+    dets = [
+        det(1, [[10, 10, 30, 30, 0.4, 0]]),
+        det(2, [[50, 50, 70, 80, 0.2, 1]]),
+        det(3, [[1, 1, 9, 9, 0.35, 0]]),
+    ]
     il = image_level_metrics(catalog(), dets, conf=0.3)
     # Verdicts: 1 defect (0.4), 2 ok (0.2), 3 defect (false alarm), 4 ok.
     assert il["defect_recall"] == 0.5 and il["false_alarm_rate"] == 0.5

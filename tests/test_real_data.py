@@ -14,8 +14,14 @@ DEEPPCB = Path(__file__).resolve().parents[2] / "shared" / "data" / "deeppcb" / 
 pytestmark = pytest.mark.skipif(not DEEPPCB.is_dir(), reason="../shared/data/deeppcb not present")
 
 # Published in ../shared/README.md: instances / images per class over all 1,500 images.
-PUBLISHED = {"open": (1942, 1344), "short": (1506, 1101), "mousebite": (1965, 1269),
-             "spur": (1625, 1184), "copper": (1474, 1241), "pin-hole": (1501, 1315)}
+PUBLISHED = {
+    "open": (1942, 1344),
+    "short": (1506, 1101),
+    "mousebite": (1965, 1269),
+    "spur": (1625, 1184),
+    "copper": (1474, 1241),
+    "pin-hole": (1501, 1315),
+}
 
 
 def test_deeppcb_coco_counts_match_the_published_figures():

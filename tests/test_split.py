@@ -14,11 +14,15 @@ from defectdet.errors import ConfigError
 
 
 def make_catalog(class_images: dict[int, list[int]], num_images: int) -> Catalog:
-    images = pd.DataFrame({
-        "image_id": np.arange(1, num_images + 1), "file_name": [f"{i}.jpg" for i in
-                                                               range(num_images)],
-        "width": 64, "height": 64, "split": "",
-    })
+    images = pd.DataFrame(
+        {
+            "image_id": np.arange(1, num_images + 1),
+            "file_name": [f"{i}.jpg" for i in range(num_images)],
+            "width": 64,
+            "height": 64,
+            "split": "",
+        }
+    )
     rows = [(img, c, 1.0, 1.0, 5.0, 5.0) for c, imgs in class_images.items() for img in imgs]
     boxes = pd.DataFrame(rows, columns=["image_id", "class_id", "x1", "y1", "x2", "y2"])
     return Catalog(Path("."), [f"c{i}" for i in range(len(class_images))], images, boxes)

@@ -45,12 +45,18 @@ def make_easy_dataset(root: Path, n: int = 8, repeat: int = 1, seed: int = 0) ->
             for r in range(copies):
                 name = f"images/{split}_{i}_{r}.png"
                 cv2.imwrite(str(root / name), img)
-                images.append({"id": len(images) + 1, "file_name": name, "width": 64,
-                               "height": 64})
+                images.append({"id": len(images) + 1, "file_name": name, "width": 64, "height": 64})
                 if box:
-                    anns.append({"id": len(anns) + 1, "image_id": len(images),
-                                 "category_id": box[1], "bbox": box[0],
-                                 "area": box[0][2] * box[0][3], "iscrowd": 0})
+                    anns.append(
+                        {
+                            "id": len(anns) + 1,
+                            "image_id": len(images),
+                            "category_id": box[1],
+                            "bbox": box[0],
+                            "area": box[0][2] * box[0][3],
+                            "iscrowd": 0,
+                        }
+                    )
     cats = [{"id": 1, "name": "white"}, {"id": 2, "name": "black"}]
     for split, (images, anns) in docs.items():
         doc = {"images": images, "annotations": anns, "categories": cats}
@@ -80,8 +86,7 @@ def tiny_config(data: Path, project: Path, **run) -> TrainConfig:
 
 def test_learns_to_high_ap50_and_writes_the_run_folder(tmp_path: Path):
     data = make_easy_dataset(tmp_path / "data", repeat=4)  # 32 train images: 4 steps an epoch
-    cfg = tiny_config(data, tmp_path, optim__epochs=15, optim__batch_size=8,
-                      run__eval_interval=15)
+    cfg = tiny_config(data, tmp_path, optim__epochs=15, optim__batch_size=8, run__eval_interval=15)
     run = train(cfg)
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["epoch"]) == list(range(1, 16))
@@ -115,8 +120,12 @@ def _stop_after(monkeypatch, steps: int) -> None:
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     easy_data: Path, tmp_path: Path, monkeypatch, stop_at: int
 ):
-    kwargs = {"optim__epochs": 3, "augment__preset": "light", "sampler__sampler":
-              "repeat-factor", "run__eval_interval": 3}
+    kwargs = {
+        "optim__epochs": 3,
+        "augment__preset": "light",
+        "sampler__sampler": "repeat-factor",
+        "run__eval_interval": 3,
+    }
     full = train(tiny_config(easy_data, tmp_path / "a", **kwargs))
     with monkeypatch.context() as m:
         _stop_after(m, stop_at)
@@ -133,13 +142,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     assert len(pd.read_csv(resumed / "metrics.csv")) == 3
 
 
-def test_nan_loss_stops_with_a_message_naming_the_step(easy_data: Path, tmp_path: Path,
-                                                       monkeypatch):
+def test_nan_loss_stops_with_a_message_naming_the_step(
+    easy_data: Path, tmp_path: Path, monkeypatch
+):
     from defectdet.model.losses import DefectRetinaNetHead
 
     def nan_loss(self, *args, **kwargs):
-        return {"classification": torch.tensor(float("nan"), requires_grad=True),
-                "bbox_regression": torch.tensor(0.0, requires_grad=True)}
+        return {
+            "classification": torch.tensor(float("nan"), requires_grad=True),
+            "bbox_regression": torch.tensor(0.0, requires_grad=True),
+        }
 
     monkeypatch.setattr(DefectRetinaNetHead, "compute_loss", nan_loss)
     with pytest.raises(TrainingDiverged, match=r"nan at epoch 1, step 1.*--lr"):
@@ -148,9 +160,32 @@ def test_nan_loss_stops_with_a_message_naming_the_step(easy_data: Path, tmp_path
 
 def test_cli_train_never_overwrites_and_reports_bad_options(easy_data: Path, tmp_path: Path):
     runner = CliRunner()
-    args = ["train", str(easy_data), "--project", str(tmp_path), "--name", "r", "--epochs", "1",
-            "--max-steps", "1", "--image-size", "64", "--fpn-channels", "32", "--head-convs", "1",
-            "--levels", "3-5", "--workers", "0", "--batch-size", "4", "--augment", "none"]
+    args = [
+        "train",
+        str(easy_data),
+        "--project",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--image-size",
+        "64",
+        "--fpn-channels",
+        "32",
+        "--head-convs",
+        "1",
+        "--levels",
+        "3-5",
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--augment",
+        "none",
+    ]
     for expected in ("r", "r2"):
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
@@ -164,11 +199,40 @@ def test_cli_train_never_overwrites_and_reports_bad_options(easy_data: Path, tmp
 
 
 def test_torchrun_two_cpu_processes(easy_data: Path, tmp_path: Path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "defectdet", "train", str(easy_data), "--project", str(tmp_path), "--name",
-           "ddp", "--epochs", "2", "--image-size", "64", "--fpn-channels", "32",
-           "--head-convs", "1", "--levels", "3-5", "--workers", "0", "--batch-size", "2",
-           "--device", "cpu", "--augment", "none"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "defectdet",
+        "train",
+        str(easy_data),
+        "--project",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--epochs",
+        "2",
+        "--image-size",
+        "64",
+        "--fpn-channels",
+        "32",
+        "--head-convs",
+        "1",
+        "--levels",
+        "3-5",
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--augment",
+        "none",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -24,8 +24,10 @@ def print_problems(problems: ProblemLog, limit: int = 20) -> None:
     if not len(problems):
         return
     kinds = ", ".join(f"{k}: {n}" for k, n in problems.counts().items())
-    err.print(f"[yellow]warning:[/] {len(problems)} problem(s) in the data ({escape(kinds)}); "
-              "bad records were skipped (--strict makes this fatal)")
+    err.print(
+        f"[yellow]warning:[/] {len(problems)} problem(s) in the data ({escape(kinds)}); "
+        "bad records were skipped (--strict makes this fatal)"
+    )
     for p in list(problems)[:limit]:
         err.print(f"  [dim]-[/] {escape(str(p))}")
     if len(problems) > limit:

@@ -130,8 +130,12 @@ class Catalog:
                 "id": i + 1,
                 "image_id": int(img),
                 "category_id": int(c) + 1,
-                "bbox": [round(float(x), 2), round(float(y), 2), round(float(ww), 2),
-                         round(float(hh), 2)],
+                "bbox": [
+                    round(float(x), 2),
+                    round(float(y), 2),
+                    round(float(ww), 2),
+                    round(float(hh), 2),
+                ],
                 "area": round(float(ww * hh), 2),
                 "iscrowd": 0,
             }

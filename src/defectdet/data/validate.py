@@ -104,9 +104,9 @@ def _drop_escaping(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd
     for i in np.flatnonzero(bad.to_numpy()):
         name = names.iat[i]
         if name.startswith("/") and _inside(root, Path(name)):
-            images.iat[i, images.columns.get_loc("file_name")] = Path(name).resolve().relative_to(
-                root
-            ).as_posix()
+            images.iat[i, images.columns.get_loc("file_name")] = (
+                Path(name).resolve().relative_to(root).as_posix()
+            )
             bad.iat[i] = False
     for r in images[bad].itertuples(index=False):
         what = "has no file name" if r.file_name in ("", ".") else "points outside the dataset root"
@@ -126,8 +126,10 @@ def _drop_duplicates(images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame
     dup = images.duplicated("file_name", keep="first") | images.duplicated("key", keep="first")
     for r in images[dup].itertuples(index=False):
         problems.add(
-            r.src, f"duplicate image entry for {r.file_name!r} (first one kept)",
-            kind="duplicate-image", where=r.where,
+            r.src,
+            f"duplicate image entry for {r.file_name!r} (first one kept)",
+            kind="duplicate-image",
+            where=r.where,
         )
     return images[~dup]
 
@@ -146,11 +148,16 @@ def _drop_missing(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd.
         (n in links and not _inside(root, root / n) for n in names), bool, len(names)
     )
     for r in images[bad_link].itertuples(index=False):
-        problems.add(r.src, f"image {r.file_name!r} is a link that points outside the dataset root",
-                     kind="path-escape", where=r.where)
+        problems.add(
+            r.src,
+            f"image {r.file_name!r} is a link that points outside the dataset root",
+            kind="path-escape",
+            where=r.where,
+        )
     for r in images[~found].itertuples(index=False):
-        problems.add(r.src, f"image file {r.file_name!r} not found", kind="missing-image",
-                     where=r.where)
+        problems.add(
+            r.src, f"image file {r.file_name!r} not found", kind="missing-image", where=r.where
+        )
     return images[found & ~bad_link]
 
 
@@ -218,8 +225,12 @@ def _attach_boxes(
     orphan = boxes["image_id"].isna()
     for r in boxes[orphan].itertuples(index=False):
         if r.key not in listed_keys:
-            problems.add(r.src, f"annotation refers to unknown image {r.key!r}",
-                         kind="unknown-image", where=_where(r.where))
+            problems.add(
+                r.src,
+                f"annotation refers to unknown image {r.key!r}",
+                kind="unknown-image",
+                where=_where(r.where),
+            )
     boxes = boxes[~orphan]
     unknown = (boxes["class_id"] < 0) | (boxes["class_id"] >= len(classes))
     for r in boxes[unknown].itertuples(index=False):
@@ -241,8 +252,13 @@ def _check_coordinates(
     area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
     positive = finite & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     clipped = np.stack(
-        [np.clip(xyxy[:, 0], 0, w), np.clip(xyxy[:, 1], 0, h),
-         np.clip(xyxy[:, 2], 0, w), np.clip(xyxy[:, 3], 0, h)], axis=1,
+        [
+            np.clip(xyxy[:, 0], 0, w),
+            np.clip(xyxy[:, 1], 0, h),
+            np.clip(xyxy[:, 2], 0, w),
+            np.clip(xyxy[:, 3], 0, h),
+        ],
+        axis=1,
     )
     kept_area = np.clip(clipped[:, 2] - clipped[:, 0], 0, None) * np.clip(
         clipped[:, 3] - clipped[:, 1], 0, None
@@ -252,20 +268,34 @@ def _check_coordinates(
     outside = positive & (np.abs(clipped - xyxy).max(axis=1) > 1e-6)
     drop_out = outside & (kept_share < MIN_KEPT_AREA)
     clip_ok = outside & ~drop_out
-    _report(boxes, ~finite, problems, "box has missing or non-finite coordinates",
-            "bad-coordinates")
-    _report(boxes, finite & ~positive, problems, "box has zero or negative width/height",
-            "empty-box")
+    _report(
+        boxes, ~finite, problems, "box has missing or non-finite coordinates", "bad-coordinates"
+    )
+    _report(
+        boxes, finite & ~positive, problems, "box has zero or negative width/height", "empty-box"
+    )
     _report(boxes, drop_out, problems, "box lies mostly outside the image", "box-outside")
-    _report(boxes, clip_ok, problems, "box extends past the image border", "box-clipped",
-            action="clipped to the image")
+    _report(
+        boxes,
+        clip_ok,
+        problems,
+        "box extends past the image border",
+        "box-clipped",
+        action="clipped to the image",
+    )
     boxes = boxes.copy()
     boxes[["x1", "y1", "x2", "y2"]] = clipped
     return boxes[positive & ~drop_out]
 
 
-def _report(boxes: pd.DataFrame, mask: np.ndarray, problems: ProblemLog, msg: str, kind: str,
-            action: str = "skipped") -> None:
+def _report(
+    boxes: pd.DataFrame,
+    mask: np.ndarray,
+    problems: ProblemLog,
+    msg: str,
+    kind: str,
+    action: str = "skipped",
+) -> None:
     for r in boxes[mask].itertuples(index=False):
         coords = ", ".join(f"{v:g}" for v in (r.x1, r.y1, r.x2, r.y2))
         problems.add(r.src, f"{msg} ({coords})", kind=kind, where=_where(r.where), action=action)

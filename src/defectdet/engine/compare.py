@@ -24,8 +24,16 @@ from defectdet.console import out
 from defectdet.errors import ConfigError
 from defectdet.io import atomic_open, write_text
 
-COLUMNS = ["variant", "map50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "auroc",
-           "train_minutes", "best_epoch"]
+COLUMNS = [
+    "variant",
+    "map50",
+    "mean_class_ap50",
+    "rarest_ap50",
+    "recall_at_far",
+    "auroc",
+    "train_minutes",
+    "best_epoch",
+]
 
 
 @dataclass
@@ -61,8 +69,10 @@ def _updates(pairs: dict[str, Any], keys: dict[str, str], where: str) -> dict[st
     for key, value in pairs.items():
         name = str(key).strip().replace("-", "_")
         if name not in keys:
-            raise ConfigError(f"{where}: {key!r} is not a train option (e.g. loss, gamma, alpha, "
-                              "class_weights, sampler, background_fraction, copy_paste)")
+            raise ConfigError(
+                f"{where}: {key!r} is not a train option (e.g. loss, gamma, alpha, "
+                "class_weights, sampler, background_fraction, copy_paste)"
+            )
         updates[keys[name]] = value
     if not updates:
         raise ConfigError(f"{where}: empty; give e.g. 'loss=ce'")
@@ -77,8 +87,10 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Variant]]:
     base = _updates(data.get("base") or {"seed": 0}, keys, f"{path}: base")
     raw = data.get("variants") or []
     if isinstance(raw, dict):
-        variants = [Variant(str(name), _updates(opts or {}, keys, f"{path}: {name}"))
-                    for name, opts in raw.items()]
+        variants = [
+            Variant(str(name), _updates(opts or {}, keys, f"{path}: {name}"))
+            for name, opts in raw.items()
+        ]
     elif isinstance(raw, list):
         variants = [parse_variant(str(v), keys) for v in raw]
     else:
@@ -90,8 +102,9 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name.replace(",", "+")).strip("_") or "variant"
 
 
-def run_compare(base: TrainConfig, variants: list[Variant], study_dir: Path,
-                far: float = 0.05) -> pd.DataFrame:
+def run_compare(
+    base: TrainConfig, variants: list[Variant], study_dir: Path, far: float = 0.05
+) -> pd.DataFrame:
     """Train (or resume, or skip) every variant, evaluate its best.pt, write the table."""
     if not variants:
         raise ConfigError("no variants to compare; pass --runs or --grid")
@@ -139,8 +152,15 @@ def _score(run_dir: Path, far: float) -> dict[str, Any]:
     data = load_run_data(cfg)
     device = resolve_device(cfg.run.device)
     model, mcfg = model_from_checkpoint(ckpt, device)
-    metrics, dets = evaluate_model(model, data.val, mcfg.image_size, device, conf=cfg.run.conf,
-                                   batch_size=cfg.optim.batch_size, workers=cfg.run.workers)
+    metrics, dets = evaluate_model(
+        model,
+        data.val,
+        mcfg.image_size,
+        device,
+        conf=cfg.run.conf,
+        batch_size=cfg.optim.batch_size,
+        workers=cfg.run.workers,
+    )
     counts = np.bincount(data.train.boxes["class_id"], minlength=data.train.num_classes)
     present = [k for k in np.argsort(counts) if metrics["classes"][k]["ap50"] is not None]
     truth, score, _ = image_scores(data.val, dets, cfg.run.conf)
@@ -180,10 +200,15 @@ def write_outputs(table: pd.DataFrame, study_dir: Path, far: float) -> None:
 
 
 def _header(col: str, far: float) -> str:
-    return {"recall_at_far": f"defect recall @ {far:.0%} false alarms",
-            "mean_class_ap50": "mean per-class AP50", "rarest_ap50": "AP50 rarest class",
-            "map50": "mAP50", "auroc": "image AUROC", "train_minutes": "train min",
-            "best_epoch": "best epoch"}.get(col, col)
+    return {
+        "recall_at_far": f"defect recall @ {far:.0%} false alarms",
+        "mean_class_ap50": "mean per-class AP50",
+        "rarest_ap50": "AP50 rarest class",
+        "map50": "mAP50",
+        "auroc": "image AUROC",
+        "train_minutes": "train min",
+        "best_epoch": "best epoch",
+    }.get(col, col)
 
 
 def _fmt(v: Any) -> str:

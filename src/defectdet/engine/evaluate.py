@@ -29,9 +29,12 @@ def detect_catalog(
     progress: Callable[[int], None] | None = None,
 ) -> list[Detections]:
     """Detections for every image of ``catalog``, boxes in original image pixels."""
-    dataset = DetectionDataset(catalog, image_size, build_transforms(AugmentConfig("none"),
-                                                                    image_size, train=False),
-                               uint8=True)
+    dataset = DetectionDataset(
+        catalog,
+        image_size,
+        build_transforms(AugmentConfig("none"), image_size, train=False),
+        uint8=True,
+    )
     loader = make_loader(dataset, None, batch_size, workers, train=False)
     was_training = model.training
     model.eval()
@@ -72,8 +75,14 @@ def _to_detections(preds: list[dict], targets: list[dict]) -> list[Detections]:
         boxes = p["boxes"].float().cpu().numpy() / t["scale"]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, h)
-        dets.append(Detections(int(t["image_id"]), boxes, p["scores"].float().cpu().numpy(),
-                               p["labels"].cpu().numpy().astype(np.int64)))
+        dets.append(
+            Detections(
+                int(t["image_id"]),
+                boxes,
+                p["scores"].float().cpu().numpy(),
+                p["labels"].cpu().numpy().astype(np.int64),
+            )
+        )
     return dets
 
 

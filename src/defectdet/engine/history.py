@@ -11,8 +11,15 @@ from defectdet.console import out
 from defectdet.io import atomic_open
 
 #: Columns shown in the epoch line, in order, when present.
-_LINE = ("train_loss", "train_cls", "train_box", "map50", "mean_class_ap50", "defect_recall",
-         "false_alarm_rate")
+_LINE = (
+    "train_loss",
+    "train_cls",
+    "train_box",
+    "map50",
+    "mean_class_ap50",
+    "defect_recall",
+    "false_alarm_rate",
+)
 
 
 def flat_metrics(metrics: dict | None, class_names: list[str]) -> dict:

@@ -45,14 +45,16 @@ def evaluate_detections(
     per_class = []
     for k, name in enumerate(catalog.classes):
         tp, gt, pred = cm[k, k], cm[k].sum(), cm[:, k].sum()
-        per_class.append({
-            "name": name,
-            "instances": int(gt),
-            "ap": coco["ap"][k],
-            "ap50": coco["ap50"][k],
-            "precision": float(tp / pred) if pred else None,
-            "recall": float(tp / gt) if gt else None,
-        })
+        per_class.append(
+            {
+                "name": name,
+                "instances": int(gt),
+                "ap": coco["ap"][k],
+                "ap50": coco["ap50"][k],
+                "precision": float(tp / pred) if pred else None,
+                "recall": float(tp / gt) if gt else None,
+            }
+        )
     return {
         "map": coco["map"],
         "map50": coco["map50"],
@@ -61,8 +63,9 @@ def evaluate_detections(
         "confusion_matrix": cm.tolist(),
         "confusion_labels": [*catalog.classes, "background"],
         "image_level": image_level_metrics(catalog, detections, conf),
-        "conf": conf if isinstance(conf, float) else {catalog.classes[k]: v
-                                                     for k, v in conf.items()},
+        "conf": conf
+        if isinstance(conf, float)
+        else {catalog.classes[k]: v for k, v in conf.items()},
     }
 
 
@@ -84,10 +87,12 @@ def coco_metrics(catalog: Catalog, detections: list[Detections]) -> dict:
         gt.createIndex()
     results = to_coco_results(detections)
     if not results or not len(catalog.boxes):
-        return {"map": 0.0 if len(catalog.boxes) else None,
-                "map50": 0.0 if len(catalog.boxes) else None,
-                "ap": [_zero_or_none(catalog, c) for c in range(k)],
-                "ap50": [_zero_or_none(catalog, c) for c in range(k)]}
+        return {
+            "map": 0.0 if len(catalog.boxes) else None,
+            "map50": 0.0 if len(catalog.boxes) else None,
+            "ap": [_zero_or_none(catalog, c) for c in range(k)],
+            "ap50": [_zero_or_none(catalog, c) for c in range(k)],
+        }
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
         ev = COCOeval(gt, dt, "bbox")
@@ -117,10 +122,17 @@ def to_coco_results(detections: list[Detections]) -> list[dict]:
     """COCO results format (category ids 1..K, bbox xywh)."""
     out = []
     for d in detections:
-        for (x1, y1, x2, y2), s, c in zip(d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(),
-                                          strict=True):
-            out.append({"image_id": int(d.image_id), "category_id": int(c) + 1,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)})
+        for (x1, y1, x2, y2), s, c in zip(
+            d.boxes.tolist(), d.scores.tolist(), d.labels.tolist(), strict=True
+        ):
+            out.append(
+                {
+                    "image_id": int(d.image_id),
+                    "category_id": int(c) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(s),
+                }
+            )
     return out
 
 
@@ -150,8 +162,9 @@ def confusion_matrix(
     return cm
 
 
-def _accumulate(cm: np.ndarray, gt: np.ndarray, pb: np.ndarray, pl: np.ndarray, iou: float,
-                k: int) -> None:
+def _accumulate(
+    cm: np.ndarray, gt: np.ndarray, pb: np.ndarray, pl: np.ndarray, iou: float, k: int
+) -> None:
     gl = gt[:, 4].astype(int)
     matched_gt, matched_pred = set(), set()
     if len(gt) and len(pb):
@@ -171,8 +184,9 @@ def _accumulate(cm: np.ndarray, gt: np.ndarray, pb: np.ndarray, pl: np.ndarray, 
 
 
 # ---------------------------------------------------------------------------- image level
-def image_scores(catalog: Catalog, detections: list[Detections],
-                 conf: float | dict[int, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def image_scores(
+    catalog: Catalog, detections: list[Detections], conf: float | dict[int, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image (catalogue order): truth (has a defect), max score, verdict (defect at conf)."""
     by_image = {d.image_id: d for d in detections}
     ids = catalog.images["image_id"].to_numpy()
@@ -187,8 +201,9 @@ def image_scores(catalog: Catalog, detections: list[Detections],
     return truth, score, verdict
 
 
-def image_level_metrics(catalog: Catalog, detections: list[Detections],
-                        conf: float | dict[int, float]) -> dict:
+def image_level_metrics(
+    catalog: Catalog, detections: list[Detections], conf: float | dict[int, float]
+) -> dict:
     """Defect-vs-ok figures; plain accuracy next to balanced accuracy and the always-ok line."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 

@@ -16,9 +16,14 @@ class TrainProgress:
     def __init__(self, epoch: int, epochs: int, steps: int, enabled: bool = True):
         self.enabled, self.images, self.t0 = enabled, 0, time.perf_counter()
         self.progress = Progress(
-            TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-            console=err, transient=True, disable=not enabled,
+            TextColumn(f"epoch {epoch + 1}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not enabled,
         )
         self.task = self.progress.add_task("train", total=steps, info="")
 
@@ -38,15 +43,29 @@ class TrainProgress:
 
 def print_sampling(stats: dict, class_names: list[str]) -> None:
     """What the sampler does to the class balance: share of instances before and after."""
-    table = Table(title=f"sampling: {stats['sampler']} (epoch {stats['epoch'] + 1})",
-                  title_justify="left")
+    table = Table(
+        title=f"sampling: {stats['sampler']} (epoch {stats['epoch'] + 1})", title_justify="left"
+    )
     for col in ("class", "instances", "share", "after sampling", "share after"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    for name, nb, sb, na, sa in zip(class_names, stats["instances_before"], stats["share_before"],
-                                    stats["instances_after"], stats["share_after"], strict=True):
+    for name, nb, sb, na, sa in zip(
+        class_names,
+        stats["instances_before"],
+        stats["share_before"],
+        stats["instances_after"],
+        stats["share_after"],
+        strict=True,
+    ):
         table.add_row(name, str(nb), f"{sb:.1%}", str(na), f"{sa:.1%}")
-    table.add_row("images", str(stats["images_before"]), "", str(stats["images_after"]), "",
-                  style="dim")
-    table.add_row("defect-free images", str(stats["background_before"]), "",
-                  str(stats["background_after"]), "", style="dim")
+    table.add_row(
+        "images", str(stats["images_before"]), "", str(stats["images_after"]), "", style="dim"
+    )
+    table.add_row(
+        "defect-free images",
+        str(stats["background_before"]),
+        "",
+        str(stats["background_after"]),
+        "",
+        style="dim",
+    )
     out.print(table)

@@ -63,16 +63,18 @@ def resolve_config(cfg: TrainConfig, data: RunData) -> TrainConfig:
 
     m, train = cfg.model, data.train
     if m.class_names and m.class_names != data.catalog.classes:
-        raise ConfigError(f"config lists classes {m.class_names} but the data has "
-                          f"{data.catalog.classes}")
+        raise ConfigError(
+            f"config lists classes {m.class_names} but the data has {data.catalog.classes}"
+        )
     m.class_names, m.num_classes = list(data.catalog.classes), data.catalog.num_classes
     if m.image_size <= 0:
         m.image_size = min(int(suggested_image_size(data.catalog.images) or 512), 1024)
     if m.anchors == "auto" and not m.anchor_sizes:
         wh = model_input_box_sizes(train, m.image_size)
         if len(wh):
-            m.anchor_sizes = [round(float(s), 2) for s in
-                              fit_anchor_sizes(wh, m.min_level, m.max_level)]
+            m.anchor_sizes = [
+                round(float(s), 2) for s in fit_anchor_sizes(wh, m.min_level, m.max_level)
+            ]
             m.aspect_ratios = [round(float(r), 3) for r in fit_aspect_ratios(wh)]
     elif m.anchors not in ("auto", "default"):
         raise ConfigError(f"--anchors must be auto or default, not {m.anchors!r}")

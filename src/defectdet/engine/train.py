@@ -104,13 +104,21 @@ class Trainer:
             write_text(self.run_dir / "config.yaml", cfg.to_yaml())
         self.amp = autocast_enabled(cfg.run.amp, self.device)
         self.channels_last = channels_last_enabled(cfg.run.channels_last, self.device)
-        self.model = prepare_model(build_model(cfg.model, cfg.loss), self.device,
-                                   self.channels_last)
+        self.model = prepare_model(
+            build_model(cfg.model, cfg.loss), self.device, self.channels_last
+        )
         self.ddp_model = self._wrap(self.model)
         self.loader, self.sampler = self._build_loader()
-        self.state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0,
-                      "total_steps": self._total_steps(), "best": -math.inf, "best_epoch": -1,
-                      "bad_epochs": 0, "finished": False}
+        self.state = {
+            "epoch": 0,
+            "step_in_epoch": 0,
+            "global_step": 0,
+            "total_steps": self._total_steps(),
+            "best": -math.inf,
+            "best_epoch": -1,
+            "bad_epochs": 0,
+            "finished": False,
+        }
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.state["total_steps"])
         use_scaler = self.amp and amp_dtype(self.device) == torch.float16
@@ -132,17 +140,32 @@ class Trainer:
         size = cfg.model.image_size
         counts = np.bincount(train.boxes["class_id"], minlength=train.num_classes)
         rare = find_rare_classes(counts)
-        copy_paste = (CopyPaste(train, rare, p=cfg.augment.copy_paste)
-                      if cfg.augment.copy_paste > 0 and rare else None)
-        dataset = DetectionDataset(
-            train, size, build_transforms(cfg.augment, size, train=True),
-            minority_transforms=build_minority_transforms(cfg.augment, size)
-            if cfg.augment.minority else None,
-            rare_classes=rare, copy_paste=copy_paste, seed=cfg.run.seed, uint8=True,
+        copy_paste = (
+            CopyPaste(train, rare, p=cfg.augment.copy_paste)
+            if cfg.augment.copy_paste > 0 and rare
+            else None
         )
-        sampler = ResumableSampler(EpochSampler(train.image_class_counts(), cfg.sampler,
-                                                cfg.run.seed, self.info.rank,
-                                                self.info.world_size))
+        dataset = DetectionDataset(
+            train,
+            size,
+            build_transforms(cfg.augment, size, train=True),
+            minority_transforms=build_minority_transforms(cfg.augment, size)
+            if cfg.augment.minority
+            else None,
+            rare_classes=rare,
+            copy_paste=copy_paste,
+            seed=cfg.run.seed,
+            uint8=True,
+        )
+        sampler = ResumableSampler(
+            EpochSampler(
+                train.image_class_counts(),
+                cfg.sampler,
+                cfg.run.seed,
+                self.info.rank,
+                self.info.world_size,
+            )
+        )
         return make_loader(dataset, sampler, cfg.optim.batch_size, cfg.run.workers, True), sampler
 
     def _total_steps(self) -> int:
@@ -153,16 +176,22 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, full: bool, metrics: dict | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "kind": "defectdet-checkpoint", "version": __version__,
-            "model": self.model.state_dict(), "config": self.cfg.to_dict(),
-            "classes": list(self.cfg.model.class_names), "epoch": self.state["epoch"],
+            "kind": "defectdet-checkpoint",
+            "version": __version__,
+            "model": self.model.state_dict(),
+            "config": self.cfg.to_dict(),
+            "classes": list(self.cfg.model.class_names),
+            "epoch": self.state["epoch"],
             "metrics": metrics or {},
         }
         if full:
             payload |= {
-                "state": dict(self.state), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "sampler": self.sampler.state_dict(), "history": self.history.rows,
+                "state": dict(self.state),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "sampler": self.sampler.state_dict(),
+                "history": self.history.rows,
                 "rng": {"torch": torch.get_rng_state()},
             }
         return payload
@@ -210,15 +239,17 @@ class Trainer:
         self.ddp_model.train()
         sums: dict[str, float] = {}
         steps = 0
-        with TrainProgress(epoch, self.cfg.optim.epochs, len(self.loader),
-                           enabled=self.info.is_main) as bar:
+        with TrainProgress(
+            epoch, self.cfg.optim.epochs, len(self.loader), enabled=self.info.is_main
+        ) as bar:
             for images, targets in self.loader:
                 parts = self._step(images, targets)
                 steps += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.update(len(targets) * self.info.world_size, parts,
-                           self.optimizer.param_groups[0]["lr"])
+                bar.update(
+                    len(targets) * self.info.world_size, parts, self.optimizer.param_groups[0]["lr"]
+                )
                 if self._stop_requested or self._out_of_steps():
                     break
         self.sampler.skip = 0
@@ -226,8 +257,10 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
         batch = to_model_input(images, self.device, self.channels_last)
-        tgts = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
-                for t in targets]
+        tgts = [
+            {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
+            for t in targets
+        ]
         with torch.autocast(self.device.type, dtype=amp_dtype(self.device), enabled=self.amp):
             loss_dict = self.ddp_model(list(batch), tgts)
         loss = sum(loss_dict.values())
@@ -243,8 +276,11 @@ class Trainer:
         self.scheduler.step()
         self.state["global_step"] += 1
         self.state["step_in_epoch"] += 1
-        parts = {"loss": float(loss.detach()), "cls": float(loss_dict["classification"].detach()),
-                 "box": float(loss_dict["bbox_regression"].detach())}
+        parts = {
+            "loss": float(loss.detach()),
+            "cls": float(loss_dict["classification"].detach()),
+            "box": float(loss_dict["bbox_regression"].detach()),
+        }
         return {k: ddp.all_reduce_mean(self.info, v) for k, v in parts.items()}
 
     def _out_of_steps(self) -> bool:
@@ -252,12 +288,14 @@ class Trainer:
 
     def _diverged_message(self, value: float) -> str:
         s = self.state
-        return (f"the loss became {value} at epoch {s['epoch'] + 1}, step "
-                f"{s['step_in_epoch'] + 1} (global step {s['global_step'] + 1}). Try a lower "
-                f"--lr (now {self.cfg.optim.lr:g}), a longer warm-up (--warmup-iters), "
-                f"--grad-clip, {'--no-amp, ' if self.amp else ''}and check the data for "
-                "broken boxes (defectdet analyze --strict). The last good checkpoint is "
-                f"{self.run_dir / 'weights' / 'last.pt'}.")
+        return (
+            f"the loss became {value} at epoch {s['epoch'] + 1}, step "
+            f"{s['step_in_epoch'] + 1} (global step {s['global_step'] + 1}). Try a lower "
+            f"--lr (now {self.cfg.optim.lr:g}), a longer warm-up (--warmup-iters), "
+            f"--grad-clip, {'--no-amp, ' if self.amp else ''}and check the data for "
+            "broken boxes (defectdet analyze --strict). The last good checkpoint is "
+            f"{self.run_dir / 'weights' / 'last.pt'}."
+        )
 
     def _end_epoch(self, epoch: int, losses: dict[str, float], seconds: float) -> bool:
         """Validate, log, checkpoint; True when training should stop now."""
@@ -267,8 +305,14 @@ class Trainer:
         due = (epoch + 1) % max(cfg.run.eval_interval, 1) == 0 or last
         if due and self.info.is_main and self.data.val.num_images:
             metrics, _ = evaluate_model(
-                self.model, self.data.val, cfg.model.image_size, self.device, conf=cfg.run.conf,
-                batch_size=cfg.optim.batch_size, workers=cfg.run.workers, amp=self.amp,
+                self.model,
+                self.data.val,
+                cfg.model.image_size,
+                self.device,
+                conf=cfg.run.conf,
+                batch_size=cfg.optim.batch_size,
+                workers=cfg.run.workers,
+                amp=self.amp,
                 channels_last=self.channels_last,
             )
         stop = False
@@ -278,15 +322,20 @@ class Trainer:
         return stop or self._out_of_steps()
 
     def _record(self, epoch: int, losses: dict, metrics: dict | None, seconds: float) -> bool:
-        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in losses.items()},
-               "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2),
-               **flat_metrics(metrics, self.cfg.model.class_names)}
+        row = {
+            "epoch": epoch + 1,
+            **{f"train_{k}": v for k, v in losses.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 2),
+            **flat_metrics(metrics, self.cfg.model.class_names),
+        }
         self.history.append(row)
         value = row.get(self.cfg.run.select_metric)
         improved = metrics is not None and value is not None and value > self.state["best"]
         if improved or self.state["best_epoch"] < 0:
-            self.state.update(best=value if value is not None else -math.inf,
-                              best_epoch=epoch + 1, bad_epochs=0)
+            self.state.update(
+                best=value if value is not None else -math.inf, best_epoch=epoch + 1, bad_epochs=0
+            )
             save_checkpoint(self.run_dir / "weights" / "best.pt", self._payload(False, metrics))
         elif metrics is not None:
             self.state["bad_epochs"] += 1
@@ -295,35 +344,44 @@ class Trainer:
         self.history.print_epoch(row, self.cfg.run.select_metric, improved)
         patience = self.cfg.run.patience
         if patience and self.state["bad_epochs"] >= patience:
-            out.print(f"early stop: no {self.cfg.run.select_metric} gain in {patience} "
-                      f"evaluations (best at epoch {self.state['best_epoch']})")
+            out.print(
+                f"early stop: no {self.cfg.run.select_metric} gain in {patience} "
+                f"evaluations (best at epoch {self.state['best_epoch']})"
+            )
             return True
         return False
 
     # ------------------------------------------------------------------ messages
     def _announce(self) -> None:
         cfg = self.cfg
-        out.print(f"[bold]run[/] {self.run_dir}  device {self.device}"
-                  f"{' (AMP)' if self.amp else ''}  world {self.info.world_size}  "
-                  f"train {self.data.train.num_images} / val {self.data.val.num_images} images  "
-                  f"image size {cfg.model.image_size}  {cfg.model.backbone}  "
-                  f"loss {cfg.loss.loss}" + (f" γ={cfg.loss.gamma:g} α={cfg.loss.alpha:g}"
-                                             if cfg.loss.loss == "focal" else ""))
+        out.print(
+            f"[bold]run[/] {self.run_dir}  device {self.device}"
+            f"{' (AMP)' if self.amp else ''}  world {self.info.world_size}  "
+            f"train {self.data.train.num_images} / val {self.data.val.num_images} images  "
+            f"image size {cfg.model.image_size}  {cfg.model.backbone}  "
+            f"loss {cfg.loss.loss}"
+            + (f" γ={cfg.loss.gamma:g} α={cfg.loss.alpha:g}" if cfg.loss.loss == "focal" else "")
+        )
         print_sampling(self.sampler.inner.stats(), cfg.model.class_names)
         if self.state["global_step"]:
-            out.print(f"resuming at epoch {self.state['epoch'] + 1}, step "
-                      f"{self.state['step_in_epoch']} (global step {self.state['global_step']})")
+            out.print(
+                f"resuming at epoch {self.state['epoch'] + 1}, step "
+                f"{self.state['step_in_epoch']} (global step {self.state['global_step']})"
+            )
 
     def _resume_hint(self) -> str:
-        return (f"saved a resumable checkpoint; continue with: defectdet train --resume "
-                f"{self.run_dir}")
+        return (
+            f"saved a resumable checkpoint; continue with: defectdet train --resume {self.run_dir}"
+        )
 
     def _finish(self) -> None:
         self.history.plot()
         s = self.state
-        out.print(f"done: best {self.cfg.run.select_metric} = "
-                  f"{s['best'] if s['best'] > -math.inf else 'n/a'} at epoch {s['best_epoch']}; "
-                  f"weights in {self.run_dir / 'weights'}")
+        out.print(
+            f"done: best {self.cfg.run.select_metric} = "
+            f"{s['best'] if s['best'] > -math.inf else 'n/a'} at epoch {s['best_epoch']}; "
+            f"weights in {self.run_dir / 'weights'}"
+        )
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):
@@ -336,7 +394,7 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         self.inner.set_epoch(epoch)
 
     def __iter__(self):
-        return iter(self.inner.indices[self.skip:].tolist())
+        return iter(self.inner.indices[self.skip :].tolist())
 
     def __len__(self) -> int:
         return max(len(self.inner) - self.skip, 0)
@@ -358,8 +416,10 @@ class _GracefulInterrupt:
         if self.trainer._stop_requested:
             raise KeyboardInterrupt
         self.trainer._stop_requested = True
-        err.print("[yellow]interrupt: finishing this step and saving a resumable checkpoint "
-                  "(Ctrl-C again to stop at once)[/]")
+        err.print(
+            "[yellow]interrupt: finishing this step and saving a resumable checkpoint "
+            "(Ctrl-C again to stop at once)[/]"
+        )
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

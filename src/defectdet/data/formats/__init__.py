@@ -28,8 +28,10 @@ def detect_format(path: Path) -> str:
             return "yolo"
         if suffix == ".xml":
             return "voc"
-        raise DataError(f"{path}: cannot tell the annotation format from a {suffix or 'bare'} "
-                        "file; pass --format")
+        raise DataError(
+            f"{path}: cannot tell the annotation format from a {suffix or 'bare'} "
+            "file; pass --format"
+        )
     if is_yolo(path):
         return "yolo"
     if find_coco_files(path):

@@ -56,8 +56,9 @@ def read_coco(path: Path, root: Path, problems: ProblemLog):
     docs = [(f, _load(f)) for f in files]
     cat_ids, classes = _categories(docs, problems)
     multi = len(docs) > 1
-    img_cols: dict[str, list] = {k: [] for k in ("key", "file_name", "width", "height", "split",
-                                                 "src", "where")}
+    img_cols: dict[str, list] = {
+        k: [] for k in ("key", "file_name", "width", "height", "split", "src", "where")
+    }
     box_parts = []
     for f, doc in docs:
         base = _image_base(f, root, doc)
@@ -94,12 +95,20 @@ def _categories(docs, problems: ProblemLog) -> tuple[dict, list[str]]:
             cid = cat.get("id") if isinstance(cat, dict) else None
             name = cat.get("name") if isinstance(cat, dict) else None
             if not isinstance(cid, int) or isinstance(cid, bool) or not isinstance(name, str):
-                problems.add(f, f"category entry {cat!r} needs an integer id and a name",
-                             kind="bad-category", where=f"categories[{i}]")
+                problems.add(
+                    f,
+                    f"category entry {cat!r} needs an integer id and a name",
+                    kind="bad-category",
+                    where=f"categories[{i}]",
+                )
                 continue
             if cid in names and names[cid] != name:
-                problems.add(f, f"category id {cid} is {name!r} here but {names[cid]!r} elsewhere",
-                             kind="bad-category", where=f"categories[{i}]")
+                problems.add(
+                    f,
+                    f"category id {cid} is {name!r} here but {names[cid]!r} elsewhere",
+                    kind="bad-category",
+                    where=f"categories[{i}]",
+                )
                 continue
             names[cid] = name
     if not names:
@@ -128,24 +137,31 @@ def _image_base(path: Path, root: Path, doc: dict) -> str:
     return "" if rel == "." else rel
 
 
-def _add_images(f: Path, doc: dict, base: str, split: str | None, cols: dict,
-                problems: ProblemLog) -> None:
+def _add_images(
+    f: Path, doc: dict, base: str, split: str | None, cols: dict, problems: ProblemLog
+) -> None:
     images = doc.get("images", [])
-    good = [im for im in images if isinstance(im, dict) and "file_name" in im
-            and _is_id(im.get("id"))]
+    good = [
+        im for im in images if isinstance(im, dict) and "file_name" in im and _is_id(im.get("id"))
+    ]
     if len(good) < len(images):
         for i, im in enumerate(images):
             if not (isinstance(im, dict) and "file_name" in im and _is_id(im.get("id"))):
-                problems.add(f, "image entry needs an integer 'id' and a 'file_name'",
-                             kind="bad-record", where=f"images[{i}]")
+                problems.add(
+                    f,
+                    "image entry needs an integer 'id' and a 'file_name'",
+                    kind="bad-record",
+                    where=f"images[{i}]",
+                )
     ids = [im["id"] for im in good]
     names = [im["file_name"] for im in good]
     cols["key"] += ids
     cols["file_name"] += [f"{base}/{n}" if base and isinstance(n, str) else n for n in names]
     cols["width"] += [_num(im.get("width")) for im in good]
     cols["height"] += [_num(im.get("height")) for im in good]
-    cols["split"] += [split] * len(good) if split is not None else [
-        str(im.get("split", "")) for im in good]
+    cols["split"] += (
+        [split] * len(good) if split is not None else [str(im.get("split", "")) for im in good]
+    )
     cols["src"] += [str(f)] * len(good)
     cols["where"] += [f"image id {i}" for i in ids]
 
@@ -199,8 +215,12 @@ def _good_annotations(f: Path, anns: list, problems: ProblemLog) -> list[dict]:
         if isinstance(a, dict) and _is_id(a.get("image_id")):
             good.append(a)
         else:
-            problems.add(f, "annotation needs an integer 'image_id'", kind="bad-record",
-                         where=f"annotations[{i}]")
+            problems.add(
+                f,
+                "annotation needs an integer 'image_id'",
+                kind="bad-record",
+                where=f"annotations[{i}]",
+            )
     return good
 
 

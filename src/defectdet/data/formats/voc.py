@@ -43,14 +43,35 @@ def read_voc(root: Path, problems: ProblemLog, classes: list[str] | None = None)
         xml = rec["xml"]
         rel = index.resolve(xml, rec["filename"])
         if rel is None:
-            problems.add(xml, f"no image found for this annotation (filename "
-                         f"{rec['filename']!r})", kind="missing-image")
+            problems.add(
+                xml,
+                f"no image found for this annotation (filename {rec['filename']!r})",
+                kind="missing-image",
+            )
             continue
-        _append(imgs, key=rel, file_name=rel, width=rec["width"], height=rec["height"],
-                split=splits.get(Path(rel).stem, ""), src=str(xml), where="")
+        _append(
+            imgs,
+            key=rel,
+            file_name=rel,
+            width=rec["width"],
+            height=rec["height"],
+            split=splits.get(Path(rel).stem, ""),
+            src=str(xml),
+            where="",
+        )
         for j, (name, x1, y1, x2, y2) in enumerate(rec["objects"]):
-            _append(boxes, key=rel, class_id=class_id.get(name, -1), label=name, x1=x1 - 1,
-                    y1=y1 - 1, x2=x2, y2=y2, src=str(xml), where=f"object {j + 1}")
+            _append(
+                boxes,
+                key=rel,
+                class_id=class_id.get(name, -1),
+                label=name,
+                x1=x1 - 1,
+                y1=y1 - 1,
+                x2=x2,
+                y2=y2,
+                src=str(xml),
+                where=f"object {j + 1}",
+            )
     return classes, raw_images(dict(imgs)), raw_boxes(dict(boxes))
 
 
@@ -76,10 +97,12 @@ def _parse(xml: Path, root: Path, problems: ProblemLog) -> dict | None:
     for j, obj in enumerate(ann.iter("object")):
         name = (obj.findtext("name") or "").strip()
         bb = obj.find("bndbox")
-        coords = [_float(bb.findtext(t)) if bb is not None else float("nan")
-                  for t in ("xmin", "ymin", "xmax", "ymax")]
+        coords = [
+            _float(bb.findtext(t)) if bb is not None else float("nan")
+            for t in ("xmin", "ymin", "xmax", "ymax")
+        ]
         if not name:
-            problems.add(xml, "object without a <name>", kind="bad-record", where=f"object {j+1}")
+            problems.add(xml, "object without a <name>", kind="bad-record", where=f"object {j + 1}")
             continue
         objects.append((name, *coords))
     return {
@@ -117,11 +140,14 @@ class _ImageIndex:
         xml_rel = os.path.relpath(xml, self.root).replace(os.sep, "/")
         name = PurePosixPath(filename.replace("\\", "/")).name
         if filename:
-            beside = (xml.parent / filename)
+            beside = xml.parent / filename
             if beside.is_file():
                 return os.path.relpath(beside, self.root).replace(os.sep, "/")
-        for candidates in (self.by_name.get(name), self.by_stem.get(PurePosixPath(name).stem),
-                           self.by_stem.get(xml.stem)):
+        for candidates in (
+            self.by_name.get(name),
+            self.by_stem.get(PurePosixPath(name).stem),
+            self.by_stem.get(xml.stem),
+        ):
             if candidates:
                 return _closest(candidates, xml_rel)
         return None

@@ -66,8 +66,16 @@ def read_yolo(root: Path, problems: ProblemLog):
         except DataError as exc:
             problems.add(str(root / rel), str(exc).split(": ", 1)[-1], kind="unreadable-image")
             continue
-        _add(imgs, key=rel, file_name=rel, width=w, height=h, split=_split(rel), src=str(label),
-             where="")
+        _add(
+            imgs,
+            key=rel,
+            file_name=rel,
+            width=w,
+            height=h,
+            split=_split(rel),
+            src=str(label),
+            where="",
+        )
         if label.is_file():
             _read_label(label, rel, w, h, classes, boxes, problems)
     return classes, raw_images(dict(imgs)), raw_boxes(dict(boxes))
@@ -103,8 +111,9 @@ def _add(cols: dict[str, list], **values) -> None:
         cols[k].append(v)
 
 
-def _read_label(label: Path, key: str, w: int, h: int, classes: list[str], boxes: dict,
-                problems: ProblemLog) -> None:
+def _read_label(
+    label: Path, key: str, w: int, h: int, classes: list[str], boxes: dict, problems: ProblemLog
+) -> None:
     try:
         text = label.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -120,12 +129,25 @@ def _read_label(label: Path, key: str, w: int, h: int, classes: list[str], boxes
             continue
         cls, cx, cy, bw, bh = parsed
         if max(abs(cx), abs(cy), abs(bw), abs(bh)) > 1.5:
-            problems.add(label, "coordinates are not normalised to 0..1", kind="bad-coordinates",
-                         where=f"line {n}")
+            problems.add(
+                label,
+                "coordinates are not normalised to 0..1",
+                kind="bad-coordinates",
+                where=f"line {n}",
+            )
             continue
-        _add(boxes, key=key, class_id=cls if 0 <= cls < len(classes) else -1, label=f"id {cls}",
-             x1=(cx - bw / 2) * w, y1=(cy - bh / 2) * h, x2=(cx + bw / 2) * w,
-             y2=(cy + bh / 2) * h, src=str(label), where=f"line {n}")
+        _add(
+            boxes,
+            key=key,
+            class_id=cls if 0 <= cls < len(classes) else -1,
+            label=f"id {cls}",
+            x1=(cx - bw / 2) * w,
+            y1=(cy - bh / 2) * h,
+            x2=(cx + bw / 2) * w,
+            y2=(cy + bh / 2) * h,
+            src=str(label),
+            where=f"line {n}",
+        )
 
 
 def _parse_line(fields: list[str]) -> tuple[int, float, float, float, float] | str:
@@ -141,6 +163,11 @@ def _parse_line(fields: list[str]) -> tuple[int, float, float, float, float] | s
         return int(cls), *coords
     if len(coords) >= 6 and len(coords) % 2 == 0:  # segmentation polygon → its bounding box
         xs, ys = coords[0::2], coords[1::2]
-        return (int(cls), (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs),
-                max(ys) - min(ys))
+        return (
+            int(cls),
+            (min(xs) + max(xs)) / 2,
+            (min(ys) + max(ys)) / 2,
+            max(xs) - min(xs),
+            max(ys) - min(ys),
+        )
     return f"expected 'class cx cy w h', got {len(fields)} fields"
