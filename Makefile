@@ -26,11 +26,22 @@ format: $(STAMP)
 test: lint
 	$(VENV)/bin/python -m pytest -q
 
+# The demo's own folder is cleared first (defectdet itself never overwrites a run).
 demo: $(STAMP)
-	$(VENV)/bin/defectdet analyze data_samples --plot $(DEMO_RUN)/analysis.png --json $(DEMO_RUN)/analysis.json
+	rm -rf $(DEMO_RUN)
+	$(VENV)/bin/defectdet analyze data_samples --json $(DEMO_RUN)/analysis.json --plot $(DEMO_RUN)/analysis.png
+	$(VENV)/bin/defectdet train data_samples --epochs 8 --image-size 128 --fpn-channels 64 \
+		--head-convs 2 --levels 3-5 --anchors auto --optimizer adamw --lr 0.002 --batch-size 16 \
+		--sampler repeat-factor --workers 1 --project $(DEMO_RUN) --name train
+	$(VENV)/bin/defectdet predict data_samples/images --weights $(DEMO_RUN)/train/weights/best.pt \
+		--out $(DEMO_RUN)/predict --workers 0
+	$(VENV)/bin/defectdet evaluate data_samples --weights $(DEMO_RUN)/train/weights/best.pt \
+		--plots $(DEMO_RUN)/evaluate --workers 0
 
 bench: $(STAMP)
 	$(PY) benchmarks/analyze_speed.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/predict_throughput.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
