@@ -31,37 +31,12 @@ EPOCHS = 2
 
 def train_args(data: Path, project: Path, epochs: int = EPOCHS, batch: int = 4) -> list[str]:
     """8 training images, 2 steps an epoch; augmentation on, so RNG state must resume too."""
-    return [
-        str(data),
-        "--project",
-        str(project),
-        "--image-size",
-        "64",
-        "--fpn-channels",
-        "32",
-        "--head-convs",
-        "1",
-        "--levels",
-        "3-5",
-        "--workers",
-        "0",
-        "--batch-size",
-        str(batch),
-        "--epochs",
-        str(epochs),
-        "--eval-interval",
-        str(epochs),
-        "--augment",
-        "light",
-        "--optimizer",
-        "adamw",
-        "--lr",
-        "0.001",
-        "--warmup-iters",
-        "5",
-        "--seed",
-        "0",
-    ]
+    options = (
+        f"--epochs {epochs} --eval-interval {epochs} --batch-size {batch} --image-size 64 "
+        "--fpn-channels 32 --head-convs 1 --levels 3-5 --workers 0 --augment light "
+        "--optimizer adamw --lr 0.001 --warmup-iters 5 --seed 0"
+    )
+    return [str(data), "--project", str(project), *options.split()]
 
 
 @pytest.fixture(scope="module")
@@ -78,28 +53,32 @@ def runs(easy: Path, tmp_path_factory) -> Iterator[dict[str, tuple[int, str, Pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
-    procs, folders = {}, {}
-    for name in ("kill", "ctrl-c"):
-        folders[name] = tmp_path_factory.mktemp(name)
-        with (folders[name] / "train.log").open("w") as log:
-            procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "defectdet", "train",
-                 *train_args(easy, folders[name] / "runs")],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folders[name],
-            )  # fmt: skip
-    problems: list[str] = []
-    watcher = threading.Thread(target=signal_after_epoch_1, args=(procs, folders, problems))
-    watcher.start()
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("kill", "ctrl-c", "reference")}
+    procs = {}
     try:
-        folders["reference"] = tmp_path_factory.mktemp("reference")
-        result = cli("train", *train_args(easy, folders["reference"] / "runs"), code=0)
+        for name in ("kill", "ctrl-c"):
+            args = ["-m", "defectdet", "train", *train_args(easy, folders[name] / "runs")]
+            with (folders[name] / "train.log").open("w") as log:
+                procs[name] = subprocess.Popen(
+                    [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env
+                )
+        problems: list[str] = []
+        watcher = threading.Thread(target=signal_after_epoch_1, args=(procs, folders, problems))
+        watcher.start()
+        try:
+            reference = cli("train", *train_args(easy, folders["reference"] / "runs"), code=0)
+        finally:
+            watcher.join()
+        assert not problems, problems
+        outputs = {name: (folders[name] / "train.log").read_text() for name in procs}
+        outputs["reference"] = reference.output
+        codes = {name: p.returncode for name, p in procs.items()} | {"reference": 0}
+        yield {n: (codes[n], outputs[n], folders[n] / "runs" / "exp") for n in folders}
     finally:
-        watcher.join()
-    assert not problems, problems
-    yield {name: (p.returncode, (folders[name] / "train.log").read_text(),
-                  folders[name] / "runs" / "exp") for name, p in procs.items()} | {
-        "reference": (0, result.output, folders["reference"] / "runs" / "exp")}  # fmt: skip
-    torch.set_num_threads(threads)
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+        torch.set_num_threads(threads)
 
 
 def signal_after_epoch_1(procs: dict, folders: dict, problems: list[str]) -> None:
@@ -186,12 +165,8 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(
 ):
     before = no_space_for("last.pt", monkeypatch)  # epoch 1 saves; epoch 2 finds the disk full
     last = tmp_path / "exp" / "weights" / "last.pt"
-    cli(
-        "train",
-        *train_args(easy, tmp_path, epochs=2, batch=8),
-        code=1,
-        says=(f"cannot write {last}: No space left on device",),
-    )
+    args = train_args(easy, tmp_path, epochs=2, batch=8)
+    cli("train", *args, code=1, says=(f"cannot write {last}: No space left on device",))
     assert last.read_bytes() == before["last.pt"]
     assert load_checkpoint(last)["epoch"] == 1
     assert sorted(os.listdir(last.parent)) == ["best.pt", "last.pt"]

@@ -70,7 +70,7 @@ def deadline(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def cli(*args: object, code: int, says: tuple[str, ...] = (), seconds: int = 60):
+def cli(*args: object, code: int, says: tuple[str, ...] = (), seconds: int = 180):
     """Run ``defectdet ARGS``: exit ``code``, no traceback, one ``error:`` line when it fails,
     and every fragment of ``says`` in the output (stdout and stderr)."""
     with deadline(seconds):
@@ -336,6 +336,7 @@ CASES: dict[str, Case] = {
     "coco-int-beyond-float": bad_box("non-finite", bbox=[10**400, 5, 10, 10]),
     "coco-negative-outside": bad_box("mostly outside the image", bbox=[-50, -50, 10, 10]),
     "coco-zero-size-box": bad_box("zero or negative width/height", bbox=[5, 5, 0, 10]),
+    "coco-sub-pixel-box": warns(coco(box(bbox=[5, 5, 0.001, 10]))),  # valid; converts intact
     "coco-unknown-class": bad_box("unknown class (category_id 9)", category_id=9),
     "coco-unknown-image": bad_box("annotation refers to unknown image 99", image_id=99),
     "coco-list-for-image-id": warns(coco(box(image_id=[1])), "annotations[0]", "'image_id'"),
@@ -696,3 +697,17 @@ def test_resume_from_a_damaged_checkpoint(trained: Path, tmp_path: Path, damage,
     torch.save(small_checkpoint(trained), path)
     damage(small_checkpoint(trained), path)
     cli("train", "--resume", tmp_path / "run", code=3, says=(str(path.parent.parent), message))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_an_output_folder_that_is_a_file(command: str, trained: Path, tmp_path: Path):
+    (tmp_path / "taken").write_text("an earlier file")
+    data = trained.parent.parent / "pièces défauts 2024" / "ann.json"
+    weights = ["--weights", trained / "weights" / "best.pt", "--workers", "0"]
+    args = {
+        "predict": ["predict", data.parent / "photos", *weights, "--out", tmp_path / "taken"],
+        "evaluate": ["evaluate", data, *weights, "--plots", tmp_path / "taken"],
+    }[command]
+    cli(*args, code=1, says=(str(tmp_path / "taken"),))
+    assert (tmp_path / "taken").read_text() == "an earlier file"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -27,6 +28,7 @@ from defectdet.console import err, out, print_problems
 from defectdet.errors import ConfigError, DefectdetError
 
 F = TypeVar("F", bound=Callable[..., Any])
+_default_showwarning = warnings.showwarning
 
 app = typer.Typer(
     name="defectdet",
@@ -53,6 +55,19 @@ def _root(
     ] = False,
 ) -> None:
     """defectdet command line."""
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The tool's own warnings as one plain line (no source location); others as usual."""
+    from defectdet.console import warn
+    from defectdet.data.dataset import BadImageWarning
+
+    ours = issubclass(category, UserWarning) and "defectdet" in str(filename)
+    if issubclass(category, BadImageWarning) or ours:
+        warn(str(message))
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def handle_errors(fn: F) -> F:
@@ -497,6 +512,7 @@ def _check_train_options(cfg) -> None:
     checks = [
         (cfg.loss.gamma >= 0, "--gamma must be ≥ 0"),
         (cfg.optim.epochs >= 1, "--epochs must be ≥ 1"),
+        (cfg.model.image_size >= 0, "--image-size must be ≥ 0 (0 = from the data)"),
         (cfg.optim.batch_size >= 1, "--batch-size must be ≥ 1"),
         (cfg.run.workers >= 0, "--workers must be ≥ 0"),
         (0 <= cfg.augment.copy_paste <= 1, "--copy-paste must be between 0 and 1"),

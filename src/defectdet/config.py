@@ -8,6 +8,7 @@ applies CLI options on top. Unknown keys are an error, not silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -135,9 +136,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
-    if unknown:
+    if unknown:  # YAML keys may be numbers, dates...: name them as text
         raise ConfigError(
-            f"unknown option(s) {', '.join(sorted(unknown))} in {where or cls.__name__}; "
+            f"unknown option(s) {', '.join(sorted(map(str, unknown)))} in {where or cls.__name__}; "
             f"known: {', '.join(sorted(names))}"
         )
     kwargs = {}
@@ -172,7 +173,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp in (int, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if tp is int and float(value) != int(value):
+        if isinstance(value, float) and not math.isfinite(value):  # YAML .nan / .inf
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        if tp is int and isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{where}: expected a whole number, got {value!r}")
         return tp(value)
     if tp is str:
@@ -182,13 +185,34 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: ``*name`` references make "billion laughs" files
+    (a few hundred bytes that expand to 10⁹ values when printed or walked), and configs and
+    data.yaml files do not need them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML text into plain data (no Python objects, no aliases); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader subclass
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = safe_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict):
@@ -198,7 +222,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None) -> TrainConfig:
     """Defaults, with a YAML file (sections data/model/loss/...) merged on top."""
-    return from_dict(TrainConfig, load_yaml(path)) if path else TrainConfig()
+    if not path:
+        return TrainConfig()
+    try:
+        return from_dict(TrainConfig, load_yaml(path))
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def override(cfg: TrainConfig, updates: dict[str, Any]) -> TrainConfig:

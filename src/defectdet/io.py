@@ -26,9 +26,10 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     except OSError as exc:
         raise DefectdetError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
-        # mkstemp makes 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **kwargs) as fh:
+            # mkstemp makes 0600 files; give the result the permissions a plain open() would
+            # (inside the with: the descriptor is closed whatever happens).
+            os.chmod(tmp, 0o666 & ~_umask())
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -39,6 +40,16 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         if isinstance(exc, OSError):
             raise DefectdetError(f"cannot write {path}: {exc.strerror or exc}") from exc
         raise
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """``mkdir -p`` that fails with one clear message (a file in the way, no permission...)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DefectdetError(f"cannot create folder {path}: {exc.strerror or exc}") from exc
+    return path
 
 
 def _umask() -> int:

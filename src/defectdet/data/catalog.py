@@ -123,24 +123,26 @@ class Catalog:
             for r in self.images.itertuples(index=False)
         ]
         b = self.boxes
-        w = (b["x2"] - b["x1"]).to_numpy()
-        h = (b["y2"] - b["y1"]).to_numpy()
+        # Corners rounded to 0.01 px stay inside the (whole-pixel) image; a box narrower than
+        # that keeps its exact corners, so that what is written reads back as the same box.
+        exact = b[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64).reshape(-1, 4)
+        xyxy = np.round(exact, 2)
+        tiny = (xyxy[:, 2] <= xyxy[:, 0]) | (xyxy[:, 3] <= xyxy[:, 1])
+        xyxy[tiny] = exact[tiny]
+        x, y = xyxy[:, 0], xyxy[:, 1]
+        w, h = xyxy[:, 2] - x, xyxy[:, 3] - y
+        w[~tiny], h[~tiny] = np.round(w[~tiny], 2), np.round(h[~tiny], 2)
         annotations = [
             {
                 "id": i + 1,
                 "image_id": int(img),
                 "category_id": int(c) + 1,
-                "bbox": [
-                    round(float(x), 2),
-                    round(float(y), 2),
-                    round(float(ww), 2),
-                    round(float(hh), 2),
-                ],
+                "bbox": [float(xx), float(yy), float(ww), float(hh)],
                 "area": round(float(ww * hh), 2),
                 "iscrowd": 0,
             }
-            for i, (img, c, x, y, ww, hh) in enumerate(
-                zip(b["image_id"], b["class_id"], b["x1"], b["y1"], w, h, strict=True)
+            for i, (img, c, xx, yy, ww, hh) in enumerate(
+                zip(b["image_id"], b["class_id"], x, y, w, h, strict=True)
             )
         ]
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(self.classes)]

@@ -10,7 +10,6 @@ reaches persistent workers too; call :func:`set_epoch` (sampler and dataset) bef
 
 from __future__ import annotations
 
-import logging
 import random
 import warnings
 from collections.abc import Sequence
@@ -27,8 +26,6 @@ from defectdet.data.catalog import Catalog
 from defectdet.data.images import ImageError, load_rgb
 from defectdet.data.sampling import decode_index
 from defectdet.errors import DataError
-
-log = logging.getLogger(__name__)
 
 Target = dict[str, Any]
 
@@ -107,9 +104,9 @@ class DetectionDataset(Dataset):
         if file_name in self.bad_files:
             return
         self.bad_files.add(file_name)
-        message = f"skipping unreadable image {file_name}: {exc}"
-        log.warning(message)
-        warnings.warn(message, BadImageWarning, stacklevel=3)
+        warnings.warn(
+            f"skipping unreadable image {file_name}: {exc}", BadImageWarning, stacklevel=3
+        )
 
     def _item(self, row: int, copy: int, image: np.ndarray) -> tuple[torch.Tensor, Target]:
         rng = np.random.default_rng([self.seed, self.epoch, row, copy])

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from defectdet.data.catalog import BOX_COLUMNS, IMAGE_COLUMNS, Catalog
-from defectdet.data.images import ImageError, read_size
+from defectdet.data.images import MAX_PIXELS, ImageError, read_size
 from defectdet.data.problems import ProblemLog
 
 RAW_IMAGE_COLUMNS = ["key", "file_name", "width", "height", "split", "src", "where"]
@@ -65,7 +65,10 @@ def finalize(
     root = Path(root).resolve()
     images = images.reset_index(drop=True).copy()
     listed_keys = set(images["key"])  # boxes of images dropped below need no second warning
-    images["file_name"] = _normalise_names(images["file_name"])
+    # object dtype even when empty (an empty float column has no .str accessor)
+    images["file_name"] = pd.Series(
+        _normalise_names(images["file_name"]), index=images.index, dtype=object
+    )
     images = _drop_escaping(root, images, problems)
     images = _drop_duplicates(images, problems)
     if check_images:
@@ -176,8 +179,10 @@ def _scan(root: Path) -> tuple[set[str], set[str]]:
 
 
 def _fill_sizes(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
-    """Read sizes from image headers where the annotations do not give a usable one."""
-    need = ~((images["width"] > 0) & (images["height"] > 0))
+    """Read sizes from image headers where the annotations do not give a usable one (missing,
+    NaN, below 1 px, or more pixels than MAX_PIXELS, e.g. 1e308, which no integer holds)."""
+    w, h = images["width"], images["height"]
+    need = ~((w >= 1) & (h >= 1) & (w * h <= MAX_PIXELS))
     if not need.any():
         return images
     idx = images.index[need]
@@ -205,7 +210,8 @@ def _size_or_error(path: Path) -> tuple[int, int] | str:
 def _image_ids(images: pd.DataFrame) -> np.ndarray:
     """Keep the source's integer ids when they are unique integers, else number from 1."""
     keys = pd.to_numeric(images["key"], errors="coerce")
-    if len(keys) and keys.notna().all() and (keys == keys.round()).all() and keys.is_unique:
+    exact = (keys == keys.round()) & (keys.abs() < 2**53)  # whole, and exact in int64 and float
+    if len(keys) and keys.notna().all() and exact.all() and keys.is_unique:
         return keys.astype("int64").to_numpy()
     return np.arange(1, len(images) + 1, dtype=np.int64)
 
@@ -249,7 +255,8 @@ def _check_coordinates(
     h = boxes["image_id"].map(size["height"]).to_numpy(dtype=float)
     xyxy = boxes[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
     finite = np.isfinite(xyxy).all(axis=1)
-    area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e308-sized boxes: inf, then dropped
+        area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
     positive = finite & (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
     clipped = np.stack(
         [

@@ -25,7 +25,7 @@ from defectdet.data.catalog import Catalog
 from defectdet.engine.metrics import Detections, evaluate_detections, pr_curves
 from defectdet.engine.predict import class_thresholds, parse_class_conf
 from defectdet.errors import ConfigError
-from defectdet.io import atomic_open
+from defectdet.io import atomic_open, ensure_dir
 
 EVAL_SPLITS = ("val", "valid", "validation", "test")
 
@@ -228,7 +228,7 @@ def plot_evaluation(report: dict, folder: Path) -> list[Path]:
     """``pr_curves.png`` and ``confusion_matrix.png`` in ``folder`` (atomic writes)."""
     from matplotlib.figure import Figure
 
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_dir(folder)
     pr = Figure(figsize=(7, 5.5), layout="constrained")
     _pr_axes(pr.subplots(), report)
     cm = Figure(figsize=(2.5 + 0.7 * len(report["classes"]),) * 2, layout="constrained")

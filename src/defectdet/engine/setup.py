@@ -16,8 +16,8 @@ from defectdet.config import TrainConfig
 from defectdet.data.catalog import Catalog
 from defectdet.data.formats import load_dataset
 from defectdet.data.split import stratified_split
-from defectdet.errors import ConfigError, DataError, DefectdetError
-from defectdet.io import unique_dir
+from defectdet.errors import ConfigError, DataError
+from defectdet.io import ensure_dir, unique_dir
 
 _TRAIN_SPLITS = ("train", "trainval")
 _VAL_SPLITS = ("val", "valid", "test")
@@ -97,9 +97,6 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     """``project/name``, or ``name2``, ``name3``... when taken (never overwritten unless
     ``exist_ok``); the chosen name is written back into the config."""
     run = unique_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
-    try:
-        (run / "weights").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DefectdetError(f"cannot create run folder {run}: {exc.strerror or exc}") from exc
+    ensure_dir(run / "weights")
     cfg.run.name = run.name
     return run

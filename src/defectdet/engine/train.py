@@ -39,7 +39,7 @@ from defectdet.engine.history import History, flat_metrics
 from defectdet.engine.progress import TrainProgress, print_sampling
 from defectdet.engine.schedule import build_optimizer, build_scheduler
 from defectdet.engine.setup import load_run_data, new_run_dir, resolve_config
-from defectdet.errors import CheckpointError, DefectdetError
+from defectdet.errors import CheckpointError, ConfigError, DefectdetError
 from defectdet.io import write_text
 from defectdet.model import (
     autocast_enabled,
@@ -77,6 +77,10 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
     ckpt = load_checkpoint(ckpt_path)
     if "optimizer" not in ckpt or "state" not in ckpt:
         raise CheckpointError(f"{ckpt_path} is not a resumable checkpoint (use last.pt)")
+    try:  # the run continues with the config it saved: it must still parse
+        ckpt["config"] = from_dict(TrainConfig, ckpt.get("config"), "config")
+    except ConfigError as exc:
+        raise CheckpointError(f"{ckpt_path}: cannot resume, its saved {exc}") from None
     return run_dir, ckpt
 
 
@@ -86,7 +90,7 @@ class Trainer:
         ckpt = None
         if resume is not None:
             run_dir, ckpt = resume_checkpoint(resume)
-            cfg = from_dict(TrainConfig, ckpt["config"])
+            cfg = ckpt["config"]
         self.device = resolve_device(ddp.device_for(info, cfg.run.device))
         torch.manual_seed(cfg.run.seed)
         self.data = load_run_data(cfg)
@@ -125,7 +129,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.history = History(self.run_dir, cfg.model.class_names)
         if ckpt is not None:
-            self._load_state(ckpt)
+            self._load_state(ckpt, resume)
         self._stop_requested = False
 
     # ------------------------------------------------------------------ set-up pieces
@@ -196,7 +200,7 @@ class Trainer:
             }
         return payload
 
-    def _load_state(self, ckpt: dict) -> None:
+    def _load_state(self, ckpt: dict, source: str | Path) -> None:
         try:
             self.model.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -206,8 +210,8 @@ class Trainer:
             self.state.update(ckpt["state"])
             self.history.rows = list(ckpt.get("history", []))
             torch.set_rng_state(ckpt["rng"]["torch"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"cannot resume from this checkpoint: {exc}") from exc
+        except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"cannot resume from {source}: {exc}") from exc
 
     def _save_last(self) -> None:
         if self.info.is_main:

@@ -26,7 +26,7 @@ from typing import IO
 import cv2
 import numpy as np
 
-from defectdet.io import atomic_open
+from defectdet.io import atomic_open, ensure_dir
 
 RESULT_FILES = ("predictions.csv", "images.csv", "predictions.json", "predictions.jsonl")
 _WRITABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -51,7 +51,7 @@ class PredictionWriter:
 
     def __init__(self, out_dir: Path, class_names: list[str], save_images: bool = False) -> None:
         self.out_dir, self.class_names = out_dir, class_names
-        out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(out_dir)
         self._files: list[IO[str]] = []
         self._boxes = self._csv(
             "predictions.csv", ["file_name", "class", "score", "x1", "y1", "x2", "y2"]

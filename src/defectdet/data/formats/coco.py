@@ -172,6 +172,8 @@ def _boxes(f: Path, doc: dict, cat_ids: dict, problems: ProblemLog) -> dict:
     anns = doc.get("annotations", [])
     good = anns if _fast_ok(anns) else _good_annotations(f, anns, problems)
     xywh = _bbox_array(good)
+    with np.errstate(over="ignore"):  # x + w beyond 1e308 is inf: reported as non-finite later
+        x2, y2 = xywh[:, 0] + xywh[:, 2], xywh[:, 1] + xywh[:, 3]
     cats = [a.get("category_id") for a in good]
     get = cat_ids.get
     return {
@@ -181,8 +183,8 @@ def _boxes(f: Path, doc: dict, cat_ids: dict, problems: ProblemLog) -> dict:
         "label": _column(cats),
         "x1": xywh[:, 0],
         "y1": xywh[:, 1],
-        "x2": xywh[:, 0] + xywh[:, 2],
-        "y2": xywh[:, 1] + xywh[:, 3],
+        "x2": x2,
+        "y2": y2,
         "src": np.full(len(good), str(f), dtype=object),
         "where": _column([a.get("id", i) for i, a in enumerate(good)]),
     }
@@ -204,9 +206,10 @@ def _fast_ok(anns: list) -> bool:
     """True when every annotation is a dict with an integer image_id (the normal case)."""
     try:
         ids = np.array([a["image_id"] for a in anns])
-    except (TypeError, KeyError):
+    except (TypeError, KeyError, ValueError, OverflowError):
         return False
-    return ids.dtype.kind in "iu" or len(anns) == 0
+    # ndim: a list for an id ([[1, 2], ...]) would otherwise pass as a 2-D integer array.
+    return len(anns) == 0 or (ids.dtype.kind in "iu" and ids.ndim == 1)
 
 
 def _good_annotations(f: Path, anns: list, problems: ProblemLog) -> list[dict]:
@@ -235,8 +238,8 @@ def _bbox_array(anns: list[dict]) -> np.ndarray:
     out = np.full((len(anns), 4), np.nan)
     for i, a in enumerate(anns):
         b = a.get("bbox")
-        if isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b):
-            out[i] = b
+        if isinstance(b, list) and len(b) == 4:
+            out[i] = [_num(v) for v in b]
     return out
 
 
@@ -249,4 +252,11 @@ def _is_num(v: object) -> bool:
 
 
 def _num(v: object) -> float:
-    return float(v) if _is_num(v) else float("nan")
+    """A JSON number as a float; NaN for anything else (JSON integers too large for a float:
+    ``float(10**400)`` would raise OverflowError)."""
+    if not _is_num(v):
+        return float("nan")
+    try:
+        return float(v)
+    except OverflowError:
+        return float("nan")

@@ -15,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import yaml
 
+from defectdet.config import safe_yaml
 from defectdet.data.images import is_image_file, read_size
 from defectdet.data.problems import ProblemLog
 from defectdet.data.validate import raw_boxes, raw_images
@@ -33,22 +34,41 @@ def read_classes(root: Path) -> list[str]:
         if (root / name).is_file():
             return _yaml_names(root / name)
     if (root / "classes.txt").is_file():
-        text = (root / "classes.txt").read_text(encoding="utf-8", errors="replace")
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        try:
+            text = (root / "classes.txt").read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise DataError(f"{root / 'classes.txt'}: cannot read ({exc.strerror or exc})") from exc
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        return _unique(root / "classes.txt", names)
     raise DataError(f"{root}: YOLO data needs data.yaml (with 'names') or classes.txt")
 
 
 def _yaml_names(path: Path) -> list[str]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_yaml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid YAML ({exc})") from exc
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict) and all(isinstance(k, int) for k in names):
-        return [str(names[k]) for k in sorted(names)]
-    if isinstance(names, list) and names:
-        return [str(n) for n in names]
+        if sorted(names) != list(range(len(names))):  # label lines index the list
+            raise DataError(
+                f"{path}: 'names' ids must be 0..{len(names) - 1}, got {sorted(names)[:10]}"
+            )
+        names = [names[k] for k in sorted(names)]
+    if isinstance(names, list) and names and all(isinstance(n, str | int) for n in names):
+        return _unique(path, [str(n) for n in names])
     raise DataError(f"{path}: 'names' must be a list of class names or a mapping id → name")
+
+
+def _unique(path: Path, names: list[str]) -> list[str]:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{path}: class names used twice: {', '.join(duplicates)}")
+    if not names:
+        raise DataError(f"{path}: no class names")
+    return names
 
 
 def read_yolo(root: Path, problems: ProblemLog):
