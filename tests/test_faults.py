@@ -211,7 +211,7 @@ def test_read_only_output_folder(command: str, how: str, easy: Path, tmp_path: P
     says = {
         "analyze": f"cannot write {out}",
         "convert": f"cannot write {out}",
-        "train": f"cannot create run folder {folder / 'exp'}",
+        "train": f"cannot create folder {folder / 'exp'}",
     }[command]
     read_only(folder, how, monkeypatch)
     try:
