@@ -392,7 +392,7 @@ def train(
     ] = None,
     seed: Annotated[int | None, _opt("Random seed [0].", _R, "--seed")] = None,
     workers: Annotated[
-        int | None, _opt("DataLoader worker processes [2].", _R, "--workers")
+        int | None, _opt("DataLoader worker processes [-1 = auto].", _R, "--workers")
     ] = None,
     device: Annotated[str | None, _opt("auto|cpu|cuda|cuda:N [auto].", _R, "--device")] = None,
     amp: Annotated[
@@ -514,7 +514,7 @@ def _check_train_options(cfg) -> None:
         (cfg.optim.epochs >= 1, "--epochs must be ≥ 1"),
         (cfg.model.image_size >= 0, "--image-size must be ≥ 0 (0 = from the data)"),
         (cfg.optim.batch_size >= 1, "--batch-size must be ≥ 1"),
-        (cfg.run.workers >= 0, "--workers must be ≥ 0"),
+        (cfg.run.workers >= -1, "--workers must be ≥ 0 (or -1 for auto)"),
         (0 <= cfg.augment.copy_paste <= 1, "--copy-paste must be between 0 and 1"),
         (0 < cfg.sampler.background_fraction <= 1, "--background-fraction must be in (0, 1]"),
         (0 < cfg.sampler.undersample_majority <= 1, "--undersample-majority must be in (0, 1]"),
@@ -548,7 +548,10 @@ BatchOpt = Annotated[
 WorkersOpt = Annotated[
     int,
     typer.Option(
-        "--workers", help="Processes decoding images ahead of the model.", rich_help_panel=_RUN
+        "--workers",
+        help="Processes decoding images ahead of the model (-1 = auto: none on a small "
+        "CPU-only machine, where they would compete with the model for cores).",
+        rich_help_panel=_RUN,
     ),
 ]
 DeviceOpt = Annotated[
@@ -622,7 +625,7 @@ def predict(
         typer.Option("--json", help="Print the summary as JSON on stdout.", rich_help_panel=_OUT),
     ] = False,
     batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = -1,
     device: DeviceOpt = "auto",
     half: Annotated[
         bool,
@@ -699,7 +702,7 @@ def evaluate(
         Path | None, typer.Option("--json", help="Write everything as JSON ('-' = stdout).")
     ] = None,
     batch_size: BatchOpt = 8,
-    workers: WorkersOpt = 2,
+    workers: WorkersOpt = -1,
     device: DeviceOpt = "auto",
 ) -> None:
     """Score a checkpoint per class (AP, AP50, precision, recall), per image (defect recall,

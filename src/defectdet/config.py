@@ -100,7 +100,7 @@ class RunConfig:
     name: str = "exp"
     exist_ok: bool = False
     seed: int = 0
-    workers: int = 2
+    workers: int = -1  # -1 = auto (data.dataset.resolve_workers)
     device: str = "auto"  # auto|cpu|cuda|cuda:N
     amp: bool | None = None  # None = on for CUDA
     channels_last: bool | None = None  # None = on for CUDA

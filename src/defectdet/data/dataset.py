@@ -10,6 +10,7 @@ reaches persistent workers too; call :func:`set_epoch` (sampler and dataset) bef
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections.abc import Sequence
@@ -147,6 +148,19 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(0)
 
 
+def resolve_workers(workers: int) -> int:
+    """``workers < 0`` = auto. On a small CPU-only machine, worker processes compete with the
+    model's threads for the same cores (measured: 1.5x slower inference with 2 workers on 2
+    cores, docs/benchmarks.md), so auto uses none; with a GPU or many cores, decoding ahead
+    in workers keeps the model fed."""
+    if workers >= 0:
+        return workers
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        return min(8, max(cores - 1, 1))
+    return 0 if cores <= 4 else min(4, cores // 4)
+
+
 def make_loader(
     dataset: Dataset,
     sampler: Sampler[int] | None,
@@ -154,7 +168,9 @@ def make_loader(
     workers: int,
     train: bool,
 ) -> DataLoader:
-    """A DataLoader with this project's settings; without a sampler, ``train`` shuffles."""
+    """A DataLoader with this project's settings; without a sampler, ``train`` shuffles.
+    ``workers < 0`` = auto (:func:`resolve_workers`)."""
+    workers = resolve_workers(workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

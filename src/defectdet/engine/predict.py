@@ -46,7 +46,7 @@ class PredictOptions:
     iou: float = 0.5
     max_det: int = 100
     batch_size: int = 8
-    workers: int = 2
+    workers: int = -1  # auto
     device: str = "auto"
     half: bool = False
     tile: int = 0
@@ -101,7 +101,7 @@ def check_options(opts: PredictOptions) -> None:
         (0 < opts.iou <= 1, "--iou must be in (0, 1]"),
         (opts.max_det >= 1, "--max-det must be ≥ 1"),
         (opts.batch_size >= 1, "--batch-size must be ≥ 1"),
-        (opts.workers >= 0, "--workers must be ≥ 0"),
+        (opts.workers >= -1, "--workers must be ≥ 0 (or -1 for auto)"),
         (opts.tile == 0 or opts.tile >= 32, "--tile must be at least 32 px (or 0 = off)"),
         (0 <= opts.tile_overlap < 0.95, "--tile-overlap must be in [0, 0.95)"),
     ]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from defectdet.data.dataset import resolve_workers
 from defectdet.data.images import ImageError, load_rgb
 from defectdet.engine.sources import SourceImage
 
@@ -145,7 +146,8 @@ def _worker_init(_worker_id: int) -> None:
 
 def make_predict_loader(dataset: PredictDataset, batch_size: int, workers: int) -> DataLoader:
     """Images in order, ``batch_size`` per batch, decoded by ``workers`` processes ahead of the
-    model (0 = in the main process)."""
+    model (0 = in the main process, < 0 = auto)."""
+    workers = resolve_workers(workers)
     kwargs: dict[str, Any] = (
         {"prefetch_factor": 2, "worker_init_fn": _worker_init} if workers else {}
     )
