@@ -12,6 +12,33 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+#: CLI options for a tiny, fast RetinaNet (64 px, narrow head, three levels, no augmentation).
+TINY_MODEL_ARGS = [
+    "--image-size",
+    "64",
+    "--fpn-channels",
+    "32",
+    "--head-convs",
+    "1",
+    "--levels",
+    "3-5",
+    "--workers",
+    "0",
+    "--augment",
+    "none",
+]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for many small ops; restored so other modules keep theirs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 def write_image(path: Path, width: int = 64, height: int = 48, value: int = 128) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

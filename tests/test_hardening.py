@@ -23,7 +23,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import coco_doc, write_image
+from conftest import TINY_MODEL_ARGS, coco_doc, write_image
 from defectdet.cli import app
 from defectdet.config import AugmentConfig
 from defectdet.data.augment import build_transforms
@@ -33,24 +33,13 @@ from defectdet.data.images import ImageError, load_rgb, read_size
 
 runner = CliRunner()
 TINY = [
-    "--image-size",
-    "64",
-    "--fpn-channels",
-    "32",
-    "--head-convs",
-    "1",
-    "--levels",
-    "3-5",
-    "--workers",
-    "0",
+    *TINY_MODEL_ARGS,
     "--batch-size",
     "2",
     "--epochs",
     "1",
     "--max-steps",
     "1",
-    "--augment",
-    "none",
 ]
 
 

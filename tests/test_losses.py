@@ -15,14 +15,7 @@ from defectdet.errors import ConfigError
 from defectdet.model import build_model
 from defectdet.model.losses import DefectRetinaNetHead, LossNormalizer, focal_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread keeps these small ops fast; restored so other modules keep theirs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _logits_targets(n: int = 64, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,14 +30,7 @@ from defectdet.model import (
 )
 from defectdet.model.anchors import anchor_shapes, best_shape_iou, default_anchor_sizes
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread keeps these small ops fast; restored so other modules keep theirs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**changes) -> ModelConfig:

@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import TINY_MODEL_ARGS
 from defectdet.cli import app
 from defectdet.config import TrainConfig, load_config
 from defectdet.engine import train as train_module
@@ -171,20 +172,9 @@ def test_cli_train_never_overwrites_and_reports_bad_options(easy_data: Path, tmp
         "1",
         "--max-steps",
         "1",
-        "--image-size",
-        "64",
-        "--fpn-channels",
-        "32",
-        "--head-convs",
-        "1",
-        "--levels",
-        "3-5",
-        "--workers",
-        "0",
         "--batch-size",
         "4",
-        "--augment",
-        "none",
+        *TINY_MODEL_ARGS,
     ]
     for expected in ("r", "r2"):
         result = runner.invoke(app, args)
@@ -216,22 +206,11 @@ def test_torchrun_two_cpu_processes(easy_data: Path, tmp_path: Path):
         "ddp",
         "--epochs",
         "2",
-        "--image-size",
-        "64",
-        "--fpn-channels",
-        "32",
-        "--head-convs",
-        "1",
-        "--levels",
-        "3-5",
-        "--workers",
-        "0",
         "--batch-size",
         "2",
         "--device",
         "cpu",
-        "--augment",
-        "none",
+        *TINY_MODEL_ARGS,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
