@@ -1,8 +1,7 @@
 """Procedural images of surfaces with rare defects, written as a COCO detection dataset.
 
-It exists so the tool can be tried, tested and demonstrated without proprietary data: the class
-frequencies are as skewed as on a real inspection line, and every box is exact because it is
-measured from the pixels a defect changed, never from the parameters used to draw it.
+It lets the tool be tried, tested and demonstrated without proprietary data: class frequencies
+are as skewed as on a real line, and every box is measured from the pixels a defect changed.
 
 Defects are drawn as a *shade* field (float, -1..1: negative darkens towards black, positive
 brightens towards white) into their own array first; the box is the tight bounds of ``shade != 0``
