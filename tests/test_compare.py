@@ -51,7 +51,10 @@ def test_compare_trains_each_variant_once_and_writes_the_table(tmp_path: Path, m
     table = cmp.run_compare(base, variants, study)
     assert list(table["variant"]) == ["loss=ce", "loss=focal,gamma=2"]
     assert table[["map50", "mean_class_ap50", "rarest_ap50"]].notna().all().all()
-    assert (table["train_minutes"] > 0).all()
+    for variant, folder in (("loss=ce", "loss=ce"), ("loss=focal,gamma=2", "loss=focal+gamma=2")):
+        seconds = pd.read_csv(study / folder / "metrics.csv")["seconds"].sum()
+        row = table[table["variant"] == variant].iloc[0]
+        assert row["train_minutes"] == pytest.approx(seconds / 60, abs=1e-3)
     on_disk = pd.read_csv(study / "compare.csv")
     assert list(on_disk["variant"]) == list(table["variant"])
     assert (study / "compare.md").read_text().count("\n") == 4
@@ -68,3 +71,30 @@ def test_compare_trains_each_variant_once_and_writes_the_table(tmp_path: Path, m
     monkeypatch.setattr("defectdet.engine.train.train", no_training)
     again = cmp.run_compare(base, variants, study)
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_a_failing_variant_is_recorded_and_the_others_go_on(tmp_path: Path, monkeypatch):
+    from defectdet.config import TrainConfig
+    from defectdet.engine.train import TrainingDiverged
+
+    def fake_train(cfg, run_dir):
+        if cfg.loss.gamma == 0.5:
+            raise TrainingDiverged("the loss became nan at epoch 1, step 24")
+        return run_dir
+
+    scores = {
+        "map50": 0.4,
+        "mean_class_ap50": 0.3,
+        "rarest_ap50": 0.1,
+        "recall_at_far": 0.5,
+        "auroc": 0.9,
+        "train_minutes": 1.0,
+        "best_epoch": 3,
+    }
+    monkeypatch.setattr(cmp, "_train_or_resume", fake_train)
+    monkeypatch.setattr(cmp, "_score", lambda run_dir, far: scores)
+    variants = [cmp.parse_variant("loss=focal,gamma=0.5"), cmp.parse_variant("loss=ce")]
+    table = cmp.run_compare(TrainConfig(), variants, tmp_path / "study")
+    assert table["status"].tolist() == ["failed: the loss became nan at epoch 1, step 24", "ok"]
+    assert pd.isna(table.loc[0, "map50"]) and table.loc[1, "map50"] == 0.4
+    assert "failed" in (tmp_path / "study" / "compare.md").read_text()

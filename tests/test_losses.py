@@ -256,3 +256,14 @@ def test_training_forward_uses_the_normaliser_and_backprops() -> None:
     sum(losses.values()).backward()
     assert model.head.normalizer.ema.item() > 0
     assert model.head.classification_head.cls_logits.weight.grad is not None
+
+
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 1.0, 2.0])
+def test_confident_predictions_give_finite_gradients(gamma: float):
+    """For 0 < gamma < 1, (1 - p_t)**gamma has an infinite slope at 0; a naive 1 - sigmoid(x)
+    hits exactly 0 for confident logits and turns the gradient into NaN."""
+    logits = torch.tensor([[30.0, -30.0, 120.0, -120.0, 0.5]], requires_grad=True)
+    targets = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0]])
+    focal_loss(logits, targets, gamma=gamma, alpha=0.25).backward()
+    assert torch.isfinite(logits.grad).all(), logits.grad
+    assert logits.grad[0, 4] < 0  # the uncertain positive is still pushed up

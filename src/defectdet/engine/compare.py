@@ -20,8 +20,8 @@ import pandas as pd
 import yaml
 
 from defectdet.config import TrainConfig, load_yaml, override
-from defectdet.console import out
-from defectdet.errors import ConfigError
+from defectdet.console import err, out
+from defectdet.errors import ConfigError, DefectdetError
 from defectdet.io import atomic_open, write_text
 
 COLUMNS = [
@@ -33,6 +33,7 @@ COLUMNS = [
     "auroc",
     "train_minutes",
     "best_epoch",
+    "status",
 ]
 
 
@@ -116,8 +117,12 @@ def run_compare(
         cfg = override(copy.deepcopy(base), variant.updates)
         cfg.run.project, cfg.run.name, cfg.run.exist_ok = str(study_dir), name, True
         out.rule(f"[bold]{variant.name}[/]")
-        run_dir = _train_or_resume(cfg, study_dir / name)
-        rows.append({"variant": variant.name, **_score(run_dir, far)})
+        try:
+            run_dir = _train_or_resume(cfg, study_dir / name)
+            rows.append({"variant": variant.name, **_score(run_dir, far), "status": "ok"})
+        except DefectdetError as exc:  # e.g. a diverged loss: that is a result too
+            err.print(f"[red]variant {variant.name} failed:[/] {exc}")
+            rows.append({"variant": variant.name, "status": f"failed: {str(exc)[:80]}"})
     table = pd.DataFrame(rows, columns=COLUMNS)
     write_outputs(table, study_dir, far)
     return table
@@ -172,7 +177,7 @@ def _score(run_dir: Path, far: float) -> dict[str, Any]:
         "rarest_ap50": metrics["classes"][present[0]]["ap50"] if present else None,
         "recall_at_far": recall_at_false_alarm(truth, score, far) if both else None,
         "auroc": metrics["image_level"]["auroc"],
-        "train_minutes": round(float(history["seconds"].sum()) / 60, 2),
+        "train_minutes": round(float(history["seconds"].sum()) / 60, 3),
         "best_epoch": int(ckpt.get("epoch", 0)),
     }
 

@@ -49,9 +49,12 @@ def focal_loss(
     # log p_t from BCE-with-logits: stable where log(sigmoid(x)) would underflow.
     loss = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     if gamma != 0:
-        p = torch.sigmoid(logits)
-        p_t = p * targets + (1 - p) * (1 - targets)
-        loss = loss * (1 - p_t) ** gamma
+        # 1 - p_t from sigmoid(+-x) directly: `1 - sigmoid(x)` rounds to exactly 0 for confident
+        # predictions, and for 0 < gamma < 1 the gradient of 0**gamma is infinite (inf * 0 = NaN
+        # in backward; torchvision's sigmoid_focal_loss has this flaw). The clamp covers the
+        # remaining underflow: there the gradient is simply 0, as it should be.
+        one_minus_pt = torch.sigmoid(-logits) * targets + torch.sigmoid(logits) * (1 - targets)
+        loss = loss * one_minus_pt.clamp_min(torch.finfo(one_minus_pt.dtype).tiny) ** gamma
     if alpha >= 0:
         loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
     if class_weights is not None:
