@@ -252,3 +252,26 @@ def test_convert_round_trip_through_coco(tmp_path: Path, coco_dataset: Path):
     b = again.boxes[cols].sort_values(cols).to_numpy()
     np.testing.assert_allclose(a, b)
     assert again.num_images == cat.num_images
+
+
+def test_coco_split_files_that_restart_ids_at_one(tmp_path: Path):
+    """Many exports number images from 1 in every file: (file, id) is the image's identity."""
+    for n in range(4):
+        write_image(tmp_path / "images" / f"{n}.jpg")
+    train = coco_doc(
+        [(1, "images/0.jpg", 64, 48), (2, "images/1.jpg", 64, 48)],
+        [(1, 1, (1, 1, 5, 5)), (2, 2, (2, 2, 6, 6))],
+    )
+    val = coco_doc(
+        [(1, "images/2.jpg", 64, 48), (2, "images/3.jpg", 64, 48)],
+        [(2, 2, (3, 3, 7, 7))],
+    )
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    cat = load_dataset(tmp_path)
+    assert len(cat.problems) == 0 and cat.num_images == 4 and len(cat.boxes) == 3
+    boxes = cat.boxes.merge(cat.images, on="image_id")
+    val_boxes = boxes[boxes["split"] == "val"]
+    assert val_boxes["file_name"].tolist() == ["images/3.jpg"]
+    assert val_boxes[["x1", "class_id"]].values.tolist() == [[3.0, 1]]
+    assert cat.images["image_id"].is_unique

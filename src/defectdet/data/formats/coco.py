@@ -59,14 +59,34 @@ def read_coco(path: Path, root: Path, problems: ProblemLog):
     img_cols: dict[str, list] = {
         k: [] for k in ("key", "file_name", "width", "height", "split", "src", "where")
     }
+    # Exports that restart image ids at 1 in every file are common: then an image is known by
+    # (file, id), not by its id alone.
+    namespaced = multi and _ids_collide(docs)
     box_parts = []
-    for f, doc in docs:
+    for n, (f, doc) in enumerate(docs):
         base = _image_base(f, root, doc)
         split = split_name(f) if multi else None
-        _add_images(f, doc, base, split, img_cols, problems)
-        box_parts.append(_boxes(f, doc, cat_ids, problems))
+        space = n if namespaced else None
+        _add_images(f, doc, base, split, img_cols, problems, space)
+        box_parts.append(_boxes(f, doc, cat_ids, problems, space))
     boxes = pd.concat([raw_boxes(part) for part in box_parts], ignore_index=True)
     return classes, raw_images(img_cols), boxes
+
+
+def _ids_collide(docs: list[tuple[Path, dict]]) -> bool:
+    seen: set = set()
+    for _f, doc in docs:
+        ids = {im.get("id") for im in doc.get("images", []) if isinstance(im, dict)}
+        ids = {i for i in ids if _is_id(i)}
+        if seen & ids:
+            return True
+        seen |= ids
+    return False
+
+
+def _namespaced(space: int | None, ids: list) -> list:
+    """Image keys unique across files: ``"<file number>/<id>"`` where ids collide."""
+    return ids if space is None else [f"{space}/{i}" for i in ids]
 
 
 def _load(path: Path) -> dict:
@@ -138,7 +158,13 @@ def _image_base(path: Path, root: Path, doc: dict) -> str:
 
 
 def _add_images(
-    f: Path, doc: dict, base: str, split: str | None, cols: dict, problems: ProblemLog
+    f: Path,
+    doc: dict,
+    base: str,
+    split: str | None,
+    cols: dict,
+    problems: ProblemLog,
+    space: int | None = None,
 ) -> None:
     images = doc.get("images", [])
     good = [
@@ -155,7 +181,7 @@ def _add_images(
                 )
     ids = [im["id"] for im in good]
     names = [im["file_name"] for im in good]
-    cols["key"] += ids
+    cols["key"] += _namespaced(space, ids)
     cols["file_name"] += [f"{base}/{n}" if base and isinstance(n, str) else n for n in names]
     cols["width"] += [_num(im.get("width")) for im in good]
     cols["height"] += [_num(im.get("height")) for im in good]
@@ -166,7 +192,9 @@ def _add_images(
     cols["where"] += [f"image id {i}" for i in ids]
 
 
-def _boxes(f: Path, doc: dict, cat_ids: dict, problems: ProblemLog) -> dict:
+def _boxes(
+    f: Path, doc: dict, cat_ids: dict, problems: ProblemLog, space: int | None = None
+) -> dict:
     """Column arrays of the file's boxes. ``where`` holds annotation ids and ``label`` raw
     category ids: messages are formatted only for the few rows that have a problem."""
     anns = doc.get("annotations", [])
@@ -177,7 +205,7 @@ def _boxes(f: Path, doc: dict, cat_ids: dict, problems: ProblemLog) -> dict:
     cats = [a.get("category_id") for a in good]
     get = cat_ids.get
     return {
-        "key": _column([a["image_id"] for a in good]),
+        "key": _column(_namespaced(space, [a["image_id"] for a in good])),
         # ``type(c) is int`` also refuses booleans, which JSON true/false would give.
         "class_id": np.array([get(c, -1) if type(c) is int else -1 for c in cats], np.int64),
         "label": _column(cats),
