@@ -298,7 +298,10 @@ def test_box_transforms_keep_boxes_inside_with_positive_size(
     assert (got[:, :2] >= 0).all() and (got[:, 2:] <= size).all()
     assert (got[:, 2] > got[:, 0]).all() and (got[:, 3] > got[:, 1]).all()
     if not train:  # resize and pad only: every box of 4 px² or more survives, scaled
-        scaled = boxes * (size / max(w, h))  # (the resized side is rounded: ±0.5 px)
+        # Each side is resized to round(side * scale), at least 1 px: scale per axis by that.
+        scale = size / max(w, h)
+        sx, sy = max(round(w * scale), 1) / w, max(round(h * scale), 1) / h
+        scaled = boxes * np.array([sx, sy, sx, sy])
         area = (scaled[:, 2] - scaled[:, 0]) * (scaled[:, 3] - scaled[:, 1])
         for box in scaled[area > 5]:
             assert np.isclose(got, box, atol=0.51).all(axis=1).any(), (box, got)
