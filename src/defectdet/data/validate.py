@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -111,9 +113,20 @@ def _drop_escaping(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd
                 Path(name).resolve().relative_to(root).as_posix()
             )
             bad.iat[i] = False
-    for r in images[bad].itertuples(index=False):
-        what = "has no file name" if r.file_name in ("", ".") else "points outside the dataset root"
-        problems.add(r.src, f"image path {r.file_name!r} {what}", kind="path-escape", where=r.where)
+    _report(
+        images,
+        bad,
+        problems,
+        "path-escape",
+        lambda r: (
+            f"image path {r.file_name!r} "
+            + (
+                "has no file name"
+                if r.file_name in ("", ".")
+                else "points outside the dataset root"
+            )
+        ),
+    )
     return images[~bad]
 
 
@@ -127,13 +140,13 @@ def _inside(root: Path, path: Path) -> bool:
 
 def _drop_duplicates(images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
     dup = images.duplicated("file_name", keep="first") | images.duplicated("key", keep="first")
-    for r in images[dup].itertuples(index=False):
-        problems.add(
-            r.src,
-            f"duplicate image entry for {r.file_name!r} (first one kept)",
-            kind="duplicate-image",
-            where=r.where,
-        )
+    _report(
+        images,
+        dup,
+        problems,
+        "duplicate-image",
+        lambda r: f"duplicate image entry for {r.file_name!r} (first one kept)",
+    )
     return images[~dup]
 
 
@@ -150,17 +163,16 @@ def _drop_missing(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd.
     bad_link = np.fromiter(
         (n in links and not _inside(root, root / n) for n in names), bool, len(names)
     )
-    for r in images[bad_link].itertuples(index=False):
-        problems.add(
-            r.src,
-            f"image {r.file_name!r} is a link that points outside the dataset root",
-            kind="path-escape",
-            where=r.where,
-        )
-    for r in images[~found].itertuples(index=False):
-        problems.add(
-            r.src, f"image file {r.file_name!r} not found", kind="missing-image", where=r.where
-        )
+    _report(
+        images,
+        bad_link,
+        problems,
+        "path-escape",
+        lambda r: f"image {r.file_name!r} is a link that points outside the dataset root",
+    )
+    _report(
+        images, ~found, problems, "missing-image", lambda r: f"image file {r.file_name!r} not found"
+    )
     return images[found & ~bad_link]
 
 
@@ -229,19 +241,25 @@ def _attach_boxes(
     boxes = boxes.copy()
     boxes["image_id"] = boxes["key"].map(id_of)
     orphan = boxes["image_id"].isna()
-    for r in boxes[orphan].itertuples(index=False):
-        if r.key not in listed_keys:
-            problems.add(
-                r.src,
-                f"annotation refers to unknown image {r.key!r}",
-                kind="unknown-image",
-                where=_where(r.where),
-            )
+    _report(
+        boxes,
+        orphan & ~boxes["key"].isin(listed_keys),
+        problems,
+        "unknown-image",
+        lambda r: f"annotation refers to unknown image {r.key!r}",
+    )
     boxes = boxes[~orphan]
     unknown = (boxes["class_id"] < 0) | (boxes["class_id"] >= len(classes))
-    for r in boxes[unknown].itertuples(index=False):
-        label = repr(r.label) if isinstance(r.label, str) else f"(category_id {r.label!r})"
-        problems.add(r.src, f"unknown class {label}", kind="unknown-class", where=_where(r.where))
+    _report(
+        boxes,
+        unknown,
+        problems,
+        "unknown-class",
+        lambda r: (
+            "unknown class "
+            + (repr(r.label) if isinstance(r.label, str) else f"(category_id {r.label!r})")
+        ),
+    )
     boxes = boxes[~unknown].copy()
     boxes["image_id"] = boxes["image_id"].astype("int64")
     return boxes
@@ -275,14 +293,14 @@ def _check_coordinates(
     outside = positive & (np.abs(clipped - xyxy).max(axis=1) > 1e-6)
     drop_out = outside & (kept_share < MIN_KEPT_AREA)
     clip_ok = outside & ~drop_out
-    _report(
+    _report_coords(
         boxes, ~finite, problems, "box has missing or non-finite coordinates", "bad-coordinates"
     )
-    _report(
+    _report_coords(
         boxes, finite & ~positive, problems, "box has zero or negative width/height", "empty-box"
     )
-    _report(boxes, drop_out, problems, "box lies mostly outside the image", "box-outside")
-    _report(
+    _report_coords(boxes, drop_out, problems, "box lies mostly outside the image", "box-outside")
+    _report_coords(
         boxes,
         clip_ok,
         problems,
@@ -296,16 +314,29 @@ def _check_coordinates(
 
 
 def _report(
-    boxes: pd.DataFrame,
-    mask: np.ndarray,
+    rows: pd.DataFrame,
+    mask,
     problems: ProblemLog,
-    msg: str,
     kind: str,
+    message: Callable[[Any], str],
     action: str = "skipped",
 ) -> None:
-    for r in boxes[mask].itertuples(index=False):
-        coords = ", ".join(f"{v:g}" for v in (r.x1, r.y1, r.x2, r.y2))
-        problems.add(r.src, f"{msg} ({coords})", kind=kind, where=_where(r.where), action=action)
+    """One problem per masked row (images or boxes), named by its file and record."""
+    for r in rows[np.asarray(mask, dtype=bool)].itertuples(index=False):
+        problems.add(r.src, message(r), kind=kind, where=_where(r.where), action=action)
+
+
+def _report_coords(
+    boxes: pd.DataFrame, mask, problems: ProblemLog, msg: str, kind: str, action: str = "skipped"
+) -> None:
+    _report(
+        boxes,
+        mask,
+        problems,
+        kind,
+        lambda r: f"{msg} ({', '.join(f'{v:g}' for v in (r.x1, r.y1, r.x2, r.y2))})",
+        action,
+    )
 
 
 def _where(value: object) -> str:

@@ -12,7 +12,6 @@ thresholds, and each box is then kept only if it passes its own class's threshol
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +19,10 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from defectdet.console import err, warn
+from defectdet.console import warn
 from defectdet.engine.backends import PostprocessSettings, load_detector
 from defectdet.engine.predict_data import ImageMeta, PredictDataset, make_predict_loader
+from defectdet.engine.progress import RateProgress
 from defectdet.engine.sources import list_sources
 from defectdet.engine.writers import RESULT_FILES, PredictionWriter
 from defectdet.errors import ConfigError, OutputExistsError
@@ -165,13 +165,13 @@ def predict(
     t0 = time.perf_counter()
     with (
         PredictionWriter(out_dir, names, opts.save_images) as writer,
-        _ProgressBar(len(sources), opts.progress) as advance,
+        RateProgress("predict", len(sources), opts.progress) as bar,
     ):
         wait = time.perf_counter()
         for tiles, metas in loader:
             run.timings["wait_for_data"] += time.perf_counter() - wait
             run.batch(tiles, metas, writer)
-            advance(len(metas))
+            bar.advance(len(metas))
             wait = time.perf_counter()
         t = time.perf_counter()
         writer.finish()
@@ -276,41 +276,3 @@ def merge_tiles(
         keep = batched_nms(b, s, lab, iou)[:max_det]  # sorted by score
         b, s, lab = b[keep], s[keep], lab[keep]
     return {"boxes": b.numpy(), "scores": s.numpy(), "labels": lab.numpy().astype(np.int64)}
-
-
-class _ProgressBar:
-    """Rich progress bar on stderr with images/s; yields ``advance(n)``."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.t0, self.done = time.perf_counter(), 0
-        self.bar = Progress(
-            TextColumn("predict"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not enabled,
-        )
-        self.task = self.bar.add_task("predict", total=total, rate="")
-
-    def __enter__(self) -> Callable[[int], None]:
-        self.bar.__enter__()
-        return self.advance
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def advance(self, n: int) -> None:
-        self.done += n
-        rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.update(self.task, advance=n, rate=f"{rate:.1f} img/s")

@@ -10,13 +10,16 @@ from rich.table import Table
 from defectdet.console import err, out
 
 
-class TrainProgress:
-    """A Rich bar per epoch showing loss parts, learning rate and images/s (stderr)."""
+class RateProgress:
+    """A Rich bar on stderr that shows images/s and a free-form info field.
 
-    def __init__(self, epoch: int, epochs: int, steps: int, enabled: bool = True):
-        self.enabled, self.images, self.t0 = enabled, 0, time.perf_counter()
+    ``total`` counts bar steps (training steps, or images when one step is one image).
+    """
+
+    def __init__(self, label: str, total: int, enabled: bool = True):
+        self.images, self.t0 = 0, time.perf_counter()
         self.progress = Progress(
-            TextColumn(f"epoch {epoch + 1}/{epochs}"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"),
@@ -25,20 +28,24 @@ class TrainProgress:
             transient=True,
             disable=not enabled,
         )
-        self.task = self.progress.add_task("train", total=steps, info="")
+        self.task = self.progress.add_task(label, total=total, info="")
 
-    def __enter__(self) -> TrainProgress:
+    def __enter__(self) -> RateProgress:
         self.progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def update(self, images: int, parts: dict[str, float], lr: float) -> None:
+    def advance(self, images: int, steps: int | None = None, info: str = "") -> None:
+        """``images`` more done, in ``steps`` bar steps (default: one per image)."""
         self.images += images
         rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
-        info = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
-        self.progress.update(self.task, advance=1, info=f"{info} lr {lr:.2e} {rate:.1f} img/s")
+        self.progress.update(
+            self.task,
+            advance=images if steps is None else steps,
+            info=f"{info} {rate:.1f} img/s".strip(),
+        )
 
 
 def print_sampling(stats: dict, class_names: list[str]) -> None:

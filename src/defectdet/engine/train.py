@@ -36,7 +36,7 @@ from defectdet.data.sampling import EpochSampler
 from defectdet.engine import distributed as ddp
 from defectdet.engine.evaluate import amp_dtype, evaluate_model, to_model_input
 from defectdet.engine.history import History, flat_metrics
-from defectdet.engine.progress import TrainProgress, print_sampling
+from defectdet.engine.progress import RateProgress, print_sampling
 from defectdet.engine.schedule import build_optimizer, build_scheduler
 from defectdet.engine.setup import load_run_data, new_run_dir, resolve_config
 from defectdet.errors import CheckpointError, ConfigError, DefectdetError
@@ -243,17 +243,16 @@ class Trainer:
         self.ddp_model.train()
         sums: dict[str, float] = {}
         steps = 0
-        with TrainProgress(
-            epoch, self.cfg.optim.epochs, len(self.loader), enabled=self.info.is_main
-        ) as bar:
+        label = f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
+        with RateProgress(label, len(self.loader), enabled=self.info.is_main) as bar:
             for images, targets in self.loader:
                 parts = self._step(images, targets)
                 steps += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
-                bar.update(
-                    len(targets) * self.info.world_size, parts, self.optimizer.param_groups[0]["lr"]
-                )
+                lr = self.optimizer.param_groups[0]["lr"]
+                info = " ".join(f"{k} {v:.3f}" for k, v in parts.items()) + f" lr {lr:.2e}"
+                bar.advance(len(targets) * self.info.world_size, steps=1, info=info)
                 if self._stop_requested or self._out_of_steps():
                     break
         self.sampler.skip = 0
