@@ -81,6 +81,11 @@ class Catalog:
         """Boolean per image row: True where the image has no boxes (defect-free)."""
         return ~self.images["image_id"].isin(self.boxes["image_id"]).to_numpy()
 
+    def instance_counts(self) -> np.ndarray:
+        """(num_classes,) int array: boxes of each class."""
+        ids = self.boxes["class_id"].to_numpy(dtype=np.int64)
+        return np.bincount(ids, minlength=self.num_classes)[: self.num_classes]
+
     def image_class_counts(self) -> np.ndarray:
         """(num_images, num_classes) int array: boxes of each class in each image (row order)."""
         row_of = pd.Series(np.arange(len(self.images)), index=self.images["image_id"].to_numpy())

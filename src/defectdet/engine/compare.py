@@ -166,7 +166,7 @@ def _score(run_dir: Path, far: float) -> dict[str, Any]:
         batch_size=cfg.optim.batch_size,
         workers=cfg.run.workers,
     )
-    counts = np.bincount(data.train.boxes["class_id"], minlength=data.train.num_classes)
+    counts = data.train.instance_counts()
     present = [k for k in np.argsort(counts) if metrics["classes"][k]["ap50"] is not None]
     truth, score, _ = image_scores(data.val, dets, cfg.run.conf)
     both = truth.any() and (~truth).any()

@@ -64,12 +64,15 @@ def broadcast(info: DistInfo, value: Any) -> Any:
     return box[0]
 
 
-def all_reduce_mean(info: DistInfo, value: float) -> float:
+def all_reduce_mean(info: DistInfo, values: dict[str, float]) -> dict[str, float]:
+    """The mean of each value over all ranks, in one collective call."""
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
+        return values
+    # NCCL reduces only CUDA tensors (gloo takes CPU ones).
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item()) / info.world_size
+    return dict(zip(values, (t / info.world_size).tolist(), strict=True))
 
 
 def cleanup(info: DistInfo) -> None:

@@ -78,7 +78,7 @@ def resolve_config(cfg: TrainConfig, data: RunData) -> TrainConfig:
             m.aspect_ratios = [round(float(r), 3) for r in fit_aspect_ratios(wh)]
     elif m.anchors not in ("auto", "default"):
         raise ConfigError(f"--anchors must be auto or default, not {m.anchors!r}")
-    counts = np.bincount(train.boxes["class_id"].to_numpy(), minlength=train.num_classes)
+    counts = train.instance_counts()
     if not cfg.loss.class_weight_values:
         weights = class_weights(cfg.loss.class_weights, counts, train.classes)
         cfg.loss.class_weight_values = [round(float(w), 6) for w in weights]

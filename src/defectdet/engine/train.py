@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -142,7 +141,7 @@ class Trainer:
     def _build_loader(self):
         cfg, train = self.cfg, self.data.train
         size = cfg.model.image_size
-        counts = np.bincount(train.boxes["class_id"], minlength=train.num_classes)
+        counts = train.instance_counts()
         rare = find_rare_classes(counts)
         copy_paste = (
             CopyPaste(train, rare, p=cfg.augment.copy_paste)
@@ -284,7 +283,7 @@ class Trainer:
             "cls": float(loss_dict["classification"].detach()),
             "box": float(loss_dict["bbox_regression"].detach()),
         }
-        return {k: ddp.all_reduce_mean(self.info, v) for k, v in parts.items()}
+        return ddp.all_reduce_mean(self.info, parts)
 
     def _out_of_steps(self) -> bool:
         return bool(self.cfg.run.max_steps) and self.state["global_step"] >= self.cfg.run.max_steps
