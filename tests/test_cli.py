@@ -94,3 +94,30 @@ def test_synth_then_convert_round_trip(tmp_path: Path):
     assert len(merged["annotations"]) == sum(len(p["annotations"]) for p in parts)
     refuse = runner.invoke(app, ["convert", str(tmp_path / "d"), str(out)])
     assert refuse.exit_code == 4
+
+
+def test_help_prose_reflows_but_examples_keep_their_lines():
+    from defectdet.cli.app import reflow_help
+
+    doc = """Summary line.
+
+    Prose wrapped
+    in the source.
+
+    Examples:
+      defectdet train a
+      defectdet train b
+    """
+    assert reflow_help(doc) == (
+        "Summary line.\n\nProse wrapped in the source.\n\n"
+        "Examples:\n  defectdet train a\n  defectdet train b"
+    )
+    # Narrow terminal: a paragraph wraps by width, not at the source's line ends.
+    result = runner.invoke(app, ["compare", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.output.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Does focal loss"))
+    end = next(i for i, line in enumerate(lines) if line.endswith("resumes."))
+    prose = " ".join(lines[start : end + 1])
+    # ~390 characters fill 6 lines of 78; source-wrapped lines each wrapped again took 10.
+    assert end - start + 1 <= len(prose) // 70 + 1

@@ -16,6 +16,7 @@ into the library. Every failure the tool can name is one message on stderr and a
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -85,7 +86,24 @@ def handle_errors(fn: F) -> F:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
+    wrapper.__doc__ = reflow_help(fn.__doc__)
     return wrapper  # type: ignore[return-value]
+
+
+def reflow_help(doc: str | None) -> str | None:
+    """Join each prose paragraph of a docstring into one line, so Rich wraps it to the terminal.
+
+    Typer keeps single line breaks in ``rich`` markup mode: source-wrapped docstrings would
+    print ragged on a terminal narrower than the source. Paragraphs with indented lines
+    (examples) keep their breaks.
+    """
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
 
 
 FormatOpt = Annotated[
