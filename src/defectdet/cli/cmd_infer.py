@@ -44,6 +44,18 @@ WorkersOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.", rich_help_panel=_RUN)
 ]
+DetectorWeightsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--weights",
+        "-w",
+        help="Checkpoint (weights/best.pt); with --backend onnxruntime an exported .onnx file.",
+    ),
+]
+BackendOpt = Annotated[str, typer.Option(help="torch or onnxruntime.", rich_help_panel=_RUN)]
+HalfOpt = Annotated[
+    bool, typer.Option("--half", help="fp16 inference (CUDA only).", rich_help_panel=_RUN)
+]
 
 
 @app.command()
@@ -56,17 +68,8 @@ def predict(
             "a text file listing image paths (relative to its folder)."
         ),
     ],
-    weights: Annotated[
-        Path,
-        typer.Option(
-            "--weights",
-            "-w",
-            help="Checkpoint (weights/best.pt); with --backend onnxruntime an exported .onnx file.",
-        ),
-    ],
-    backend: Annotated[
-        str, typer.Option(help="torch or onnxruntime.", rich_help_panel=_RUN)
-    ] = "torch",
+    weights: DetectorWeightsOpt,
+    backend: BackendOpt = "torch",
     conf: ConfOpt = 0.25,
     class_conf: ClassConfOpt = None,
     iou: IouOpt = 0.5,
@@ -114,10 +117,7 @@ def predict(
     batch_size: BatchOpt = 8,
     workers: WorkersOpt = -1,
     device: DeviceOpt = "auto",
-    half: Annotated[
-        bool,
-        typer.Option("--half", help="fp16 inference (CUDA only).", rich_help_panel=_RUN),
-    ] = False,
+    half: HalfOpt = False,
 ) -> None:
     """Detect defects in images, streaming boxes, scores and a verdict per image.
 
@@ -171,7 +171,7 @@ def predict(
 @handle_errors
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Dataset folder or annotation file.")],
-    weights: WeightsOpt,
+    weights: DetectorWeightsOpt,
     split: Annotated[
         str | None,
         typer.Option(
@@ -193,13 +193,17 @@ def evaluate(
     batch_size: BatchOpt = 8,
     workers: WorkersOpt = -1,
     device: DeviceOpt = "auto",
+    backend: BackendOpt = "torch",
+    half: HalfOpt = False,
 ) -> None:
     """Score a checkpoint per class, per image and as a confusion matrix.
 
     Score a checkpoint per class (AP, AP50, precision, recall), per image (defect recall,
     false alarms, balanced accuracy next to plain accuracy) and as a confusion matrix.
 
-    [dim]Example: defectdet evaluate data/ -w runs/train/exp/weights/best.pt --plots eval/[/dim]
+    [dim]Examples:
+      defectdet evaluate data/ -w runs/train/exp/weights/best.pt --plots eval/
+      defectdet evaluate data/ -w best.onnx --backend onnxruntime --split test[/dim]
     """
     from defectdet.engine.report import (
         EvaluateOptions,
@@ -219,6 +223,8 @@ def evaluate(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        backend=backend,
+        half=half,
     )
     report = evaluate_checkpoint(catalog, opts, str(data))
     to_stdout = json_path is not None and str(json_path) == "-"

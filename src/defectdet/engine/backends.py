@@ -46,8 +46,12 @@ class TorchDetector:
         self.device, self.half = device, half
         self.class_names = list(cfg.class_names) or [f"class{k}" for k in range(cfg.num_classes)]
         self.image_size = int(cfg.image_size)
+        self.settings = PostprocessSettings(
+            float(cfg.score_thresh), float(cfg.nms_thresh), int(cfg.detections_per_img)
+        )
 
     def configure(self, settings: PostprocessSettings) -> None:
+        self.settings = settings
         self.model.score_thresh = settings.score_thresh
         self.model.nms_thresh = settings.nms_thresh
         self.model.detections_per_img = settings.detections_per_img

@@ -15,17 +15,32 @@ from defectdet.data.catalog import Catalog
 from defectdet.data.dataset import DetectionDataset, make_loader
 from defectdet.engine.metrics import Detections, evaluate_detections
 
+Predictor = Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]
+"""uint8 (B, 3, S, S) batch -> B dicts with ``boxes`` (N, 4) xyxy in model-input pixels,
+``scores`` (N,), 0-based ``labels`` (N,): a model in eval mode (:func:`model_predictor`) or a
+``predict`` backend (:mod:`defectdet.engine.backends`)."""
+
+
+def model_predictor(
+    model: nn.Module, device: torch.device, amp: bool = False, channels_last: bool = False
+) -> Predictor:
+    """A detection model (already in eval mode) as a :data:`Predictor`."""
+
+    def run(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        batch = to_model_input(images, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+            return model(list(batch))
+
+    return run
+
 
 @torch.inference_mode()
 def detect_catalog(
-    model: nn.Module,
+    predictor: Predictor,
     catalog: Catalog,
     image_size: int,
-    device: torch.device,
     batch_size: int = 8,
     workers: int = 0,
-    amp: bool = False,
-    channels_last: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[Detections]:
     """Detections for every image of ``catalog``, boxes in original image pixels."""
@@ -36,19 +51,11 @@ def detect_catalog(
         uint8=True,
     )
     loader = make_loader(dataset, None, batch_size, workers, train=False)
-    was_training = model.training
-    model.eval()
     out: list[Detections] = []
-    try:
-        for images, targets in loader:
-            batch = to_model_input(images, device, channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
-                preds = model(list(batch))
-            out.extend(_to_detections(preds, targets))
-            if progress is not None:
-                progress(len(targets))
-    finally:
-        model.train(was_training)
+    for images, targets in loader:
+        out.extend(_to_detections(predictor(images), targets))
+        if progress is not None:
+            progress(len(targets))
     return out
 
 
@@ -92,8 +99,17 @@ def evaluate_model(
     image_size: int,
     device: torch.device,
     conf: float | dict[int, float] = 0.3,
+    amp: bool = False,
+    channels_last: bool = False,
     **kwargs,
 ) -> tuple[dict, list[Detections]]:
-    """Metrics (see :func:`~defectdet.engine.metrics.evaluate_detections`) and detections."""
-    dets = detect_catalog(model, catalog, image_size, device, **kwargs)
+    """Metrics (see :func:`~defectdet.engine.metrics.evaluate_detections`) and detections of a
+    model in training or eval mode (its mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        predictor = model_predictor(model, device, amp, channels_last)
+        dets = detect_catalog(predictor, catalog, image_size, **kwargs)
+    finally:
+        model.train(was_training)
     return evaluate_detections(catalog, dets, conf), dets

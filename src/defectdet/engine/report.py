@@ -12,7 +12,7 @@ fires.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,8 @@ class EvaluateOptions:
     batch_size: int = 8
     workers: int = 2
     device: str = "auto"
+    backend: str = "torch"  # or "onnxruntime" with an exported .onnx file as weights
+    half: bool = False  # fp16 inference, torch backend on CUDA
 
 
 def choose_split(catalog: Catalog, split: str | None) -> tuple[Catalog, str]:
@@ -77,30 +79,25 @@ def class_mapping(model_classes: list[str], data_classes: list[str]) -> np.ndarr
 
 def evaluate_checkpoint(catalog: Catalog, opts: EvaluateOptions, data_name: str = "") -> dict:
     """Run the checkpoint over the chosen split and return the full report (JSON-ready)."""
+    from defectdet.engine.backends import load_detector
     from defectdet.engine.evaluate import detect_catalog
-    from defectdet.model import model_from_checkpoint, resolve_device
+    from defectdet.model import resolve_device
 
     if not 0 <= opts.conf <= 1 or not 0 < opts.iou <= 1:
         raise ConfigError("--conf must be in [0, 1] and --iou in (0, 1]")
     device = resolve_device(opts.device)
     part, split = choose_split(catalog, opts.split)
-    model, cfg = model_from_checkpoint(opts.weights, device)
-    names = list(cfg.class_names)
+    detector = load_detector(opts.weights, opts.backend, device, opts.half)
+    names = detector.class_names
     mapping = class_mapping(names, part.classes)
     per_class = parse_class_conf(opts.class_conf, names)
     thr_model = class_thresholds(opts.conf, per_class, len(names))
     # Low-scoring detections still count for AP; the thresholds apply to the rest.
-    model.score_thresh = float(min(cfg.score_thresh, thr_model.min()))
-    model.nms_thresh = opts.iou
+    low = float(min(detector.settings.score_thresh, thr_model.min()))
+    detector.configure(replace(detector.settings, score_thresh=low, nms_thresh=opts.iou))
     t0 = time.perf_counter()
     dets = detect_catalog(
-        model,
-        part,
-        cfg.image_size,
-        device,
-        batch_size=opts.batch_size,
-        workers=opts.workers,
-        channels_last=device.type == "cuda",
+        detector, part, detector.image_size, batch_size=opts.batch_size, workers=opts.workers
     )
     dets = [Detections(d.image_id, d.boxes, d.scores, mapping[d.labels]) for d in dets]
     conf: float | dict[int, float] = float(opts.conf)
@@ -110,6 +107,7 @@ def evaluate_checkpoint(catalog: Catalog, opts: EvaluateOptions, data_name: str 
     metrics = evaluate_detections(part, dets, conf)
     return {
         "weights": str(opts.weights),
+        "backend": opts.backend,
         "data": data_name,
         "split": split,
         "images": part.num_images,
