@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from defectdet.data.formats import load_dataset
 from defectdet.engine import compare as cmp
 from defectdet.errors import ConfigError
 from defectdet.model import load_checkpoint
@@ -57,7 +58,25 @@ def test_compare_trains_each_variant_once_and_writes_the_table(tmp_path: Path, m
         assert row["train_minutes"] == pytest.approx(seconds / 60, abs=1e-3)
     on_disk = pd.read_csv(study / "compare.csv")
     assert list(on_disk["variant"]) == list(table["variant"])
-    assert (study / "compare.md").read_text().count("\n") == 4
+    # Per class: one column per class, most frequent in train first, val instances in brackets.
+    data_cat = load_dataset(data)
+    train_counts = data_cat.split_subset("train").instance_counts()
+    val_counts = data_cat.split_subset("val").instance_counts()
+    order = sorted(range(len(train_counts)), key=lambda k: -train_counts[k])
+    names = [data_cat.classes[k] for k in order]
+    assert [c for c in on_disk.columns if c.startswith("ap50_")] == [f"ap50_{n}" for n in names]
+    assert (table["rarest_class"] == names[-1]).all()
+    assert table["map"].between(0, 1).all()
+    row = table.iloc[0]
+    assert row["rarest_ap50"] == row[f"ap50_{names[-1]}"]
+    present = [row[f"ap50_{n}"] for n in names if pd.notna(row[f"ap50_{n}"])]
+    assert row["mean_class_ap50"] == pytest.approx(sum(present) / len(present))
+    md = (study / "compare.md").read_text()
+    summary, per_class = md.split("\n\n**")
+    assert summary.count("\n") == 5 and f"AP50 rarest class ({names[-1]})" in summary
+    cells = [f"{n} ({val_counts[k]})" for n, k in zip(names, order, strict=True)]
+    head = f"| variant | {' | '.join(cells)} |"
+    assert head + " mAP@[.5:.95] |" in per_class and per_class.count("\n") == 6
     assert (study / "compare.png").read_bytes()[:4] == b"\x89PNG"
     # Same seed and split, different loss: the saved configs differ only where asked.
     a = load_checkpoint(study / "loss=ce" / "weights" / "best.pt")["config"]
@@ -92,7 +111,7 @@ def test_a_failing_variant_is_recorded_and_the_others_go_on(tmp_path: Path, monk
         "best_epoch": 3,
     }
     monkeypatch.setattr(cmp, "_train_or_resume", fake_train)
-    monkeypatch.setattr(cmp, "_score", lambda run_dir, far: scores)
+    monkeypatch.setattr(cmp, "_score", lambda run_dir, far: (scores, []))
     variants = [cmp.parse_variant("loss=focal,gamma=0.5"), cmp.parse_variant("loss=ce")]
     table = cmp.run_compare(TrainConfig(), variants, tmp_path / "study")
     assert table["status"].tolist() == ["failed: the loss became nan at epoch 1, step 24", "ok"]

@@ -35,6 +35,17 @@ COLUMNS = [
     "best_epoch",
     "status",
 ]
+"""The summary table's columns; compare.csv adds ``rarest_class``, ``map`` (mAP@[.5:.95]) and one
+``ap50_<class>`` per class (most frequent in train first)."""
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    """A class and its instances in the train and val splits."""
+
+    name: str
+    train: int
+    val: int
 
 
 @dataclass
@@ -112,19 +123,22 @@ def run_compare(
     names = [slug(v.name) for v in variants]
     if len(set(names)) != len(names):
         raise ConfigError("two variants have the same name")
-    rows = []
+    rows: list[dict[str, Any]] = []
+    classes: list[ClassCount] = []
     for variant, name in zip(variants, names, strict=True):
         cfg = override(copy.deepcopy(base), variant.updates)
         cfg.run.project, cfg.run.name, cfg.run.exist_ok = str(study_dir), name, True
         out.rule(f"[bold]{variant.name}[/]")
         try:
             run_dir = _train_or_resume(cfg, study_dir / name)
-            rows.append({"variant": variant.name, **_score(run_dir, far), "status": "ok"})
+            scores, classes = _score(run_dir, far)
+            rows.append({"variant": variant.name, **scores, "status": "ok"})
         except DefectdetError as exc:  # e.g. a diverged loss: that is a result too
             err.print(f"[red]variant {variant.name} failed:[/] {exc}")
             rows.append({"variant": variant.name, "status": f"failed: {str(exc)[:80]}"})
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    write_outputs(table, study_dir, far)
+    extra = ["rarest_class", "map", *(f"ap50_{c.name}" for c in classes)]
+    table = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
+    write_outputs(table, study_dir, far, classes)
     return table
 
 
@@ -142,9 +156,9 @@ def _train_or_resume(cfg: TrainConfig, run_dir: Path) -> Path:
     return train(cfg)
 
 
-def _score(run_dir: Path, far: float) -> dict[str, Any]:
-    """Evaluate best.pt on the run's own validation split."""
-    import numpy as np
+def _score(run_dir: Path, far: float) -> tuple[dict[str, Any], list[ClassCount]]:
+    """Evaluate best.pt on the run's own validation split: the row's scores, and the classes
+    (most frequent in train first) with their train and val instance counts."""
 
     from defectdet.config import from_dict
     from defectdet.engine.evaluate import evaluate_model
@@ -167,41 +181,83 @@ def _score(run_dir: Path, far: float) -> dict[str, Any]:
         workers=cfg.run.workers,
     )
     counts = data.train.instance_counts()
-    present = [k for k in np.argsort(counts) if metrics["classes"][k]["ap50"] is not None]
+    order = sorted(range(len(counts)), key=lambda k: -counts[k])  # stable: ties keep class order
+    present = [k for k in reversed(order) if metrics["classes"][k]["ap50"] is not None]
     truth, score, _ = image_scores(data.val, dets, cfg.run.conf)
     both = truth.any() and (~truth).any()
     history = pd.read_csv(run_dir / "metrics.csv")
-    return {
+    per_class = metrics["classes"]
+    row = {
         "map50": metrics["map50"],
         "mean_class_ap50": metrics["mean_class_ap50"],
-        "rarest_ap50": metrics["classes"][present[0]]["ap50"] if present else None,
+        "rarest_ap50": per_class[present[0]]["ap50"] if present else None,
         "recall_at_far": recall_at_false_alarm(truth, score, far) if both else None,
         "auroc": metrics["image_level"]["auroc"],
         "train_minutes": round(float(history["seconds"].sum()) / 60, 3),
         "best_epoch": int(ckpt.get("epoch", 0)),
+        "rarest_class": data.train.classes[present[0]] if present else None,
+        "map": metrics["map"],
     }
+    val_counts = data.val.instance_counts()
+    classes = [ClassCount(data.train.classes[k], int(counts[k]), int(val_counts[k])) for k in order]
+    row |= {f"ap50_{c.name}": per_class[k]["ap50"] for c, k in zip(classes, order, strict=True)}
+    return row, classes
 
 
-def write_outputs(table: pd.DataFrame, study_dir: Path, far: float) -> None:
-    """compare.csv, compare.md and compare.png in the study folder, and the table on screen."""
+def write_outputs(
+    table: pd.DataFrame, study_dir: Path, far: float, classes: list[ClassCount] | None = None
+) -> None:
+    """compare.csv, compare.md and compare.png in the study folder, and the tables on screen."""
     from rich.table import Table
 
+    classes = classes or []
     study_dir.mkdir(parents=True, exist_ok=True)
     with atomic_open(study_dir / "compare.csv", "w", encoding="utf-8", newline="") as fh:
         table.to_csv(fh, index=False, float_format="%.4f")
-    write_text(study_dir / "compare.md", to_markdown(table, far))
+    write_text(study_dir / "compare.md", to_markdown(table, far, classes))
     _plot(table, study_dir / "compare.png", far)
-    rich_table = Table(title=f"compare ({study_dir})", title_justify="left")
-    for col in COLUMNS:
-        rich_table.add_column(_header(col, far), justify="left" if col == "variant" else "right")
-    best = {c: table[c].max() for c in COLUMNS[1:6] if table[c].notna().any()}
-    for _, row in table.iterrows():
-        cells = [str(row["variant"])]
-        for c in COLUMNS[1:]:
-            text = _fmt(row[c])
-            cells.append(f"[bold green]{text}[/]" if c in best and row[c] == best[c] else text)
-        rich_table.add_row(*cells)
-    out.print(rich_table)
+    for title, columns in _sections(table, far, classes):
+        rich_table = Table(title=f"{title} ({study_dir})", title_justify="left")
+        for col, head in columns:
+            rich_table.add_column(head, justify="left" if col == "variant" else "right")
+        best = {c: table[c].max() for c, _ in columns if _is_score(c) and table[c].notna().any()}
+        for _, row in table.iterrows():
+            cells = [str(row[c]) if c == "variant" else _fmt(row[c]) for c, _ in columns]
+            rich_table.add_row(
+                *(
+                    f"[bold green]{text}[/]" if c in best and row[c] == best[c] else text
+                    for (c, _), text in zip(columns, cells, strict=True)
+                )
+            )
+        out.print(rich_table)
+
+
+def _is_score(col: str) -> bool:
+    """Higher is better (highlighted as the best of its column)."""
+    return col in COLUMNS[1:6] or col == "map" or col.startswith("ap50_")
+
+
+def _sections(
+    table: pd.DataFrame, far: float, classes: list[ClassCount]
+) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(title, [(column, header)]) of the summary table and, when classes are known, the
+    per-class table (AP50, validation instances in brackets; mAP@[.5:.95] last)."""
+    rarest = table["rarest_class"].dropna() if "rarest_class" in table else pd.Series([])
+    summary = [
+        (
+            c,
+            _header(c, far)
+            + (f" ({rarest.iloc[0]})" if c == "rarest_ap50" and len(rarest) else ""),
+        )
+        for c in COLUMNS
+    ]
+    sections = [("summary", summary)]
+    if classes:
+        per_class = [("variant", "variant")]
+        per_class += [(f"ap50_{c.name}", f"{c.name} ({c.val})") for c in classes]
+        per_class.append(("map", "mAP@[.5:.95]"))
+        sections.append(("AP50 per class (validation instances)", per_class))
+    return sections
 
 
 def _header(col: str, far: float) -> str:
@@ -222,11 +278,20 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def to_markdown(table: pd.DataFrame, far: float) -> str:
-    head = "| " + " | ".join(_header(c, far) for c in COLUMNS) + " |"
-    rule = "|" + "|".join("---" if c == "variant" else "---:" for c in COLUMNS) + "|"
-    body = ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for _, r in table.iterrows()]
-    return "\n".join([head, rule, *body]) + "\n"
+def to_markdown(table: pd.DataFrame, far: float, classes: list[ClassCount] | None = None) -> str:
+    """The summary table and, when classes are known, the per-class table, as Markdown."""
+    parts = []
+    for title, columns in _sections(table, far, classes or []):
+        head = "| " + " | ".join(h for _, h in columns) + " |"
+        rule = "|" + "|".join("---" if c == "variant" else "---:" for c, _ in columns) + "|"
+        body = [
+            "| "
+            + " | ".join(str(r[c]) if c == "variant" else _fmt(r[c]) for c, _ in columns)
+            + " |"
+            for _, r in table.iterrows()
+        ]
+        parts.append("\n".join([f"**{title}**", "", head, rule, *body]) + "\n")
+    return "\n".join(parts)
 
 
 def _plot(table: pd.DataFrame, path: Path, far: float) -> None:
