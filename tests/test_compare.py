@@ -58,7 +58,7 @@ def test_compare_trains_each_variant_once_and_writes_the_table(tmp_path: Path, m
         assert row["train_minutes"] == pytest.approx(seconds / 60, abs=1e-3)
     on_disk = pd.read_csv(study / "compare.csv")
     assert list(on_disk["variant"]) == list(table["variant"])
-    # Per class: one column per class, most frequent in train first, val instances in brackets.
+    # Per class: one column per class, most frequent in train first, train/val instances shown.
     data_cat = load_dataset(data)
     train_counts = data_cat.split_subset("train").instance_counts()
     val_counts = data_cat.split_subset("val").instance_counts()
@@ -74,7 +74,7 @@ def test_compare_trains_each_variant_once_and_writes_the_table(tmp_path: Path, m
     md = (study / "compare.md").read_text()
     summary, per_class = md.split("\n\n**")
     assert summary.count("\n") == 5 and f"AP50 rarest class ({names[-1]})" in summary
-    cells = [f"{n} ({val_counts[k]})" for n, k in zip(names, order, strict=True)]
+    cells = [f"{n} ({train_counts[k]}/{val_counts[k]})" for n, k in zip(names, order, strict=True)]
     head = f"| variant | {' | '.join(cells)} |"
     assert head + " mAP@[.5:.95] |" in per_class and per_class.count("\n") == 6
     assert (study / "compare.png").read_bytes()[:4] == b"\x89PNG"

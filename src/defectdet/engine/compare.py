@@ -222,13 +222,11 @@ def write_outputs(
             rich_table.add_column(head, justify="left" if col == "variant" else "right")
         best = {c: table[c].max() for c, _ in columns if _is_score(c) and table[c].notna().any()}
         for _, row in table.iterrows():
-            cells = [str(row[c]) if c == "variant" else _fmt(row[c]) for c, _ in columns]
-            rich_table.add_row(
-                *(
-                    f"[bold green]{text}[/]" if c in best and row[c] == best[c] else text
-                    for (c, _), text in zip(columns, cells, strict=True)
-                )
-            )
+            cells = []
+            for c, _ in columns:
+                text = str(row[c]) if c == "variant" else _fmt(row[c])
+                cells.append(f"[bold green]{text}[/]" if c in best and row[c] == best[c] else text)
+            rich_table.add_row(*cells)
         out.print(rich_table)
 
 
@@ -241,7 +239,7 @@ def _sections(
     table: pd.DataFrame, far: float, classes: list[ClassCount]
 ) -> list[tuple[str, list[tuple[str, str]]]]:
     """(title, [(column, header)]) of the summary table and, when classes are known, the
-    per-class table (AP50, validation instances in brackets; mAP@[.5:.95] last)."""
+    per-class table (AP50, train/val instances in brackets; mAP@[.5:.95] last)."""
     rarest = table["rarest_class"].dropna() if "rarest_class" in table else pd.Series([])
     summary = [
         (
@@ -254,9 +252,9 @@ def _sections(
     sections = [("summary", summary)]
     if classes:
         per_class = [("variant", "variant")]
-        per_class += [(f"ap50_{c.name}", f"{c.name} ({c.val})") for c in classes]
+        per_class += [(f"ap50_{c.name}", f"{c.name} ({c.train}/{c.val})") for c in classes]
         per_class.append(("map", "mAP@[.5:.95]"))
-        sections.append(("AP50 per class (validation instances)", per_class))
+        sections.append(("AP50 per class (train/val instances)", per_class))
     return sections
 
 
