@@ -19,7 +19,7 @@ import torch
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.retinanet import RetinaNet
 
-from defectdet.engine.evaluate import to_model_input
+from defectdet.engine.evaluate import model_predictor
 from defectdet.errors import CheckpointError, ConfigError
 
 ONNX_FORMAT = "defectdet-retinanet-raw/1"
@@ -44,6 +44,9 @@ class TorchDetector:
         self.channels_last = device.type == "cuda"
         self.model = prepare_model(model, device, self.channels_last).eval()
         self.device, self.half = device, half
+        self._predict = model_predictor(
+            self.model, device, amp=half, channels_last=self.channels_last, dtype=torch.float16
+        )
         self.class_names = list(cfg.class_names) or [f"class{k}" for k in range(cfg.num_classes)]
         self.image_size = int(cfg.image_size)
         self.settings = PostprocessSettings(
@@ -59,9 +62,7 @@ class TorchDetector:
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """uint8 (B, 3, S, S) -> B dicts of CPU tensors (boxes in model-input pixels)."""
-        x = to_model_input(batch, self.device, self.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
-            preds = self.model(list(x))
+        preds = self._predict(batch)
         return [
             {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in p.items()} for p in preds
         ]

@@ -182,20 +182,20 @@ def _score(run_dir: Path, far: float) -> tuple[dict[str, Any], list[ClassCount]]
     )
     counts = data.train.instance_counts()
     order = sorted(range(len(counts)), key=lambda k: -counts[k])  # stable: ties keep class order
-    present = [k for k in reversed(order) if metrics["classes"][k]["ap50"] is not None]
+    per_class = metrics["classes"]
+    rarest = next((k for k in reversed(order) if per_class[k]["ap50"] is not None), None)
     truth, score, _ = image_scores(data.val, dets, cfg.run.conf)
     both = truth.any() and (~truth).any()
     history = pd.read_csv(run_dir / "metrics.csv")
-    per_class = metrics["classes"]
     row = {
         "map50": metrics["map50"],
         "mean_class_ap50": metrics["mean_class_ap50"],
-        "rarest_ap50": per_class[present[0]]["ap50"] if present else None,
+        "rarest_ap50": None if rarest is None else per_class[rarest]["ap50"],
         "recall_at_far": recall_at_false_alarm(truth, score, far) if both else None,
         "auroc": metrics["image_level"]["auroc"],
         "train_minutes": round(float(history["seconds"].sum()) / 60, 3),
         "best_epoch": int(ckpt.get("epoch", 0)),
-        "rarest_class": data.train.classes[present[0]] if present else None,
+        "rarest_class": None if rarest is None else data.train.classes[rarest],
         "map": metrics["map"],
     }
     val_counts = data.val.instance_counts()
@@ -224,7 +224,7 @@ def write_outputs(
         for _, row in table.iterrows():
             cells = []
             for c, _ in columns:
-                text = str(row[c]) if c == "variant" else _fmt(row[c])
+                text = _fmt(row[c])
                 cells.append(f"[bold green]{text}[/]" if c in best and row[c] == best[c] else text)
             rich_table.add_row(*cells)
         out.print(rich_table)
@@ -283,10 +283,7 @@ def to_markdown(table: pd.DataFrame, far: float, classes: list[ClassCount] | Non
         head = "| " + " | ".join(h for _, h in columns) + " |"
         rule = "|" + "|".join("---" if c == "variant" else "---:" for c, _ in columns) + "|"
         body = [
-            "| "
-            + " | ".join(str(r[c]) if c == "variant" else _fmt(r[c]) for c, _ in columns)
-            + " |"
-            for _, r in table.iterrows()
+            "| " + " | ".join(_fmt(r[c]) for c, _ in columns) + " |" for _, r in table.iterrows()
         ]
         parts.append("\n".join([f"**{title}**", "", head, rule, *body]) + "\n")
     return "\n".join(parts)

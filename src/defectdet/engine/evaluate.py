@@ -22,13 +22,18 @@ Predictor = Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]
 
 
 def model_predictor(
-    model: nn.Module, device: torch.device, amp: bool = False, channels_last: bool = False
+    model: nn.Module,
+    device: torch.device,
+    amp: bool = False,
+    channels_last: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> Predictor:
-    """A detection model (already in eval mode) as a :data:`Predictor`."""
+    """A detection model (already in eval mode) as a :data:`Predictor`; with ``amp``, autocast
+    to ``dtype`` (default :func:`amp_dtype`)."""
 
     def run(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         batch = to_model_input(images, device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+        with torch.autocast(device.type, dtype=dtype or amp_dtype(device), enabled=amp):
             return model(list(batch))
 
     return run
