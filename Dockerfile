@@ -7,6 +7,9 @@
 #   CUDA image (run with --gpus all; needs only the NVIDIA driver + container toolkit on the host):
 #     docker build -t defectdet:cuda --build-arg VARIANT=cuda .
 #
+# The image holds defectdet with its `onnx` extra (onnx, onnxruntime), so a model exported with
+# `defectdet export` can be checked and run in it (`predict/evaluate --backend onnxruntime`).
+#
 # See docs/docker.md for running it. Build arguments:
 #   BASE_IMAGE       Python 3.11 base for both stages (default python:3.11-slim). It must provide
 #                    `python3` with the venv module; both stages use the same one, because the
@@ -28,9 +31,9 @@ ARG BASE_IMAGE=python:3.11-slim
 ARG VARIANT=cpu
 
 # --------------------------------------------------------------------------------------- deps
-# The dependencies alone, in /opt/venv: the heavy layer (torch), rebuilt only when pyproject.toml or
-# constraints.txt change, and copied into the final image as one layer that editing the source
-# does not touch.
+# The dependencies alone (those of the package and of its `onnx` extra), in /opt/venv: the heavy
+# layer (torch), rebuilt only when pyproject.toml or constraints.txt change, and copied into the
+# final image as one layer that editing the source does not touch.
 FROM ${BASE_IMAGE} AS deps
 ARG VARIANT
 ARG TORCH_INDEX_URL=""
@@ -59,22 +62,24 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
         echo "torch from $TORCH_INDEX_URL: $torch_pin $vision_pin"; \
         pip install --no-deps --index-url "$TORCH_INDEX_URL" "$torch_pin" "$vision_pin"; \
     fi; \
-    python3 -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write(chr(10).join(d) + chr(10))"; \
+    python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; d = p['dependencies'] + p['optional-dependencies']['onnx']; open('/tmp/requirements.txt', 'w').write(chr(10).join(d) + chr(10))"; \
     pip install -c constraints.txt -r /tmp/requirements.txt; \
     python3 -c "import torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__)"; \
+    python3 -c "import onnx, onnxruntime; print('onnx', onnx.__version__, 'onnxruntime', onnxruntime.__version__)"; \
     if [ "$VARIANT" = cuda ]; then \
         python3 -c "import sys, torch; sys.exit('VARIANT=cuda but torch is a CPU-only build' if torch.version.cuda is None else 0)"; \
     fi
 
 # --------------------------------------------------------------------------------------- package
-# The package itself as a wheel (non-editable), installed here once to check that it resolves
-# against the pinned dependencies and starts.
+# The package itself as a wheel (non-editable), installed here once, with its `onnx` extra, to
+# check that it resolves against the pinned dependencies and starts.
 FROM deps AS package
 COPY . /src
 RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
     set -eu; \
     pip wheel --no-deps --wheel-dir /wheels . ; \
-    pip install -c constraints.txt /wheels/*.whl ; \
+    whl=$(echo /wheels/*.whl); \
+    pip install -c constraints.txt "${whl}[onnx]" ; \
     pip check; \
     defectdet --version
 
@@ -84,8 +89,9 @@ RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
 FROM ${BASE_IMAGE} AS runtime
 ARG VARIANT
 # The pip wheels bundle their native libraries (torch its libgomp, opencv-python-headless its own
-# codecs and no GUI/GL libraries, scikit-learn its libgomp): `ldd` over every .so in the venv finds
-# nothing missing on python:3.11-slim, so no system packages are installed.
+# codecs and no GUI/GL libraries, scikit-learn its libgomp; onnx and onnxruntime need only glibc,
+# libstdc++ and libgcc_s): `ldd` over every .so in the venv finds nothing missing on
+# python:3.11-slim, so no system packages are installed.
 # User defectdet (uid/gid 1000); any other uid given with --user works as well.
 RUN set -eu; \
     (getent group 1000 >/dev/null || groupadd -g 1000 defectdet); \

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import cv2
 import torch
+from defectdet.engine.predict_data import PredictDataset
+from defectdet.engine.sources import list_sources
 from torch.utils.flop_counter import FlopCounterMode
 
 from defectdet.config import ModelConfig, TrainConfig
 from defectdet.data.synth import SynthConfig, synthesize
 from defectdet.engine.predict import PredictOptions, predict
-from defectdet.engine.predict_data import PredictDataset
-from defectdet.engine.sources import list_sources
 from defectdet.model import build_model, model_from_checkpoint, save_checkpoint
 
 CLASSES = ["scratch", "spot", "crack", "inclusion"]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from defectdet.engine.setup import RunData
 from PIL import Image
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -34,7 +35,6 @@ from torchvision.transforms.functional import pil_to_tensor
 from defectdet.config import TrainConfig
 from defectdet.data.formats import load_dataset
 from defectdet.data.synth import SynthConfig, synthesize
-from defectdet.engine.setup import RunData
 from defectdet.engine.train import Trainer
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -225,6 +227,29 @@ def test_repeat_factors_formula() -> None:
     expected = [max(1.0, math.sqrt(0.1 / x)) if x > 0 else 1.0 for x in f]
     assert got == pytest.approx(expected)
     assert got[2] == pytest.approx(math.sqrt(10))
+
+
+def test_report_repeat_factors_are_what_the_sampler_uses(catalog: Catalog) -> None:
+    """One implementation: the report's per-class factors, maxed over each image's classes,
+    are the sampler's per-image factors."""
+    from defectdet.data import repeat_factors as shared
+    from defectdet.data.sampling import repeat_factors_per_image
+
+    assert repeat_factors is shared.repeat_factors
+    assert repeat_factors_per_image is shared.repeat_factors_per_image
+    rep = build_report(catalog)
+    per_class = np.array([c["repeat_factor"] for c in rep["classes"]])
+    present = catalog.image_class_counts() > 0
+    expected = np.where(present, per_class[None, :], 1.0).max(axis=1)
+    got = repeat_factors_per_image(catalog.image_class_counts(), rep["repeat_threshold"])
+    np.testing.assert_array_equal(got, expected)
+    assert got.max() > 1  # the rare classes are repeated
+
+
+def test_analysis_does_not_import_torch() -> None:
+    """``defectdet analyze`` stays light: the shared repeat factors need numpy only."""
+    code = "import sys, defectdet.analysis; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_choose_repeat_threshold() -> None:

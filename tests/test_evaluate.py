@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from defectdet.engine.metrics import Detections, evaluate_detections, pr_curves
+from defectdet.engine.report import choose_split, class_mapping
 from typer.testing import CliRunner
 
 from defectdet.cli import app
 from defectdet.data.formats import load_dataset
-from defectdet.engine.metrics import Detections, evaluate_detections, pr_curves
-from defectdet.engine.report import choose_split, class_mapping
 from defectdet.errors import ConfigError
 from detector_helpers import make_checkpoint
 

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from defectdet.model.losses import DefectRetinaNetHead, LossNormalizer, focal_loss
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
 from defectdet.config import LossConfig, ModelConfig
 from defectdet.errors import ConfigError
 from defectdet.model import build_model
-from defectdet.model.losses import DefectRetinaNetHead, LossNormalizer, focal_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from defectdet.data.catalog import Catalog
 from defectdet.engine.metrics import (
     Detections,
     confusion_matrix,
@@ -16,6 +14,8 @@ from defectdet.engine.metrics import (
     image_level_metrics,
     recall_at_false_alarm,
 )
+
+from defectdet.data.catalog import Catalog
 
 
 def catalog() -> Catalog:

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from defectdet.engine.backends import PostprocessSettings, TorchDetector
+from defectdet.engine.predict_data import tile_grid
+from defectdet.engine.sources import list_sources
 from typer.testing import CliRunner
 
 from defectdet.cli import app
-from defectdet.engine.backends import PostprocessSettings, TorchDetector
 from defectdet.engine.predict import PredictOptions, predict
-from defectdet.engine.predict_data import tile_grid
-from defectdet.engine.sources import list_sources
 from defectdet.errors import ConfigError, DataError, OutputExistsError
 from detector_helpers import make_checkpoint, write_images
 

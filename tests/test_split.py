@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from defectdet.data.catalog import Catalog
-from defectdet.data.split import stratified_split
+from defectdet.data.split import stratified_split, stratify
 from defectdet.errors import ConfigError
 
 
@@ -60,3 +60,40 @@ def test_split_rejects_bad_fraction():
     cat = make_catalog({0: [1]}, 4)
     with pytest.raises(ConfigError):
         stratified_split(cat, 1.5)
+
+
+def test_stratified_split_is_stratify_on_the_presence_matrix():
+    cat = make_catalog({0: list(range(1, 30)), 1: [3, 9, 27], 2: [40]}, 60)
+    train, val = stratified_split(cat, 0.3, seed=4)
+    is_val = stratify(cat.image_class_counts() > 0, 0.3, rng=np.random.default_rng(4))
+    ids = cat.images["image_id"].to_numpy()
+    assert np.array_equal(val, ids[is_val]) and np.array_equal(train, ids[~is_val])
+
+
+def test_stratify_without_rng_spreads_val_evenly():
+    presence = np.zeros((10, 1), dtype=bool)  # ten background images
+    assert np.flatnonzero(stratify(presence, 0.2)).tolist() == [2, 7]
+    assert np.flatnonzero(stratify(presence, 0.5)).tolist() == [1, 3, 5, 7, 9]
+    assert not stratify(presence, 0.0).any() and stratify(presence, 1.0).all()
+    # no classes at all: still one background group
+    assert stratify(np.zeros((4, 0), dtype=bool), 0.5).sum() == 2
+
+
+def test_stratify_rarity_picks_the_group_key():
+    # image 0 holds classes 0 and 1: class 0 is in fewer images, but the given rarity says 1
+    presence = np.array([[1, 1], [1, 0], [0, 1], [0, 1], [0, 1]], dtype=bool)
+    by_images = stratify(presence, 0.5)  # groups: class 0 {0, 1}, class 1 {2, 3, 4}
+    by_rarity = stratify(presence, 0.5, rarity=np.array([1, 0]))  # class 0 {1}, 1 {0, 2, 3, 4}
+    assert by_images.tolist() == [False, True, True, False, True]
+    assert by_rarity.tolist() == [True, False, True, False, True]  # image 0 repaired into val
+    for is_val in (by_images, by_rarity):
+        for c in (0, 1):
+            assert set(is_val[presence[:, c]].tolist()) == {True, False}
+
+
+def test_repair_moves_at_a_cost_only_when_forced():
+    """Class 0 (two images, both in train) can reach val only by taking class 1 or 2 away from
+    train: the forced repair does it (rarest-first order), the unforced one leaves it."""
+    presence = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 1]], dtype=bool)
+    assert stratify(presence, 0.2).tolist() == [True, False, False]
+    assert stratify(presence, 0.2, force_repair=False).tolist() == [False, False, False]

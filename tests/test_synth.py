@@ -174,6 +174,21 @@ def test_assign_val_by_hand():
     assert not assign_val(labels, 0.0).any() and assign_val(labels, 1.0).all()
 
 
+def test_assign_val_reproduces_the_committed_sample_split():
+    """data_samples/ was generated with the defaults: the split of its labels must come out the
+    same, so that regenerating it gives the same annotation files."""
+    ann = Path(__file__).resolve().parents[1] / "data_samples" / "annotations"
+    docs = {s: json.loads((ann / f"{s}.json").read_text()) for s in ("train", "val")}
+    images = sorted(im["id"] for d in docs.values() for im in d["images"])
+    assert images == list(range(1, len(images) + 1))
+    labels: list[list[int]] = [[] for _ in images]
+    anns = docs["train"]["annotations"] + docs["val"]["annotations"]
+    for a in sorted(anns, key=lambda a: a["id"]):  # in the order the generator drew them
+        labels[a["image_id"] - 1].append(a["category_id"] - 1)
+    val = assign_val(labels, SynthConfig().val_fraction)
+    assert {int(i) + 1 for i in np.flatnonzero(val)} == {im["id"] for im in docs["val"]["images"]}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

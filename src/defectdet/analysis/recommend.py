@@ -1,7 +1,8 @@
 """Remedies for class imbalance: repeat factors, loss weights, and plain-language advice.
 
 The numbers here are shared with training: ``defectdet train --sampler repeat-factor`` uses
-:func:`repeat_factors` and ``--class-weights SPEC`` uses :func:`class_weights`, so what
+:func:`repeat_factors` (implemented once, in :mod:`defectdet.data.repeat_factors`, and
+re-exported here) and ``--class-weights SPEC`` uses :func:`class_weights`, so what
 ``defectdet analyze`` prints is exactly what training will do.
 """
 
@@ -11,6 +12,7 @@ import math
 
 import numpy as np
 
+from defectdet.data.repeat_factors import repeat_factors as repeat_factors  # re-exported
 from defectdet.errors import ConfigError
 
 DEFAULT_REPEAT_THRESHOLD = 0.1
@@ -25,19 +27,6 @@ SMALL_BOX_SHARE = 0.3
 
 
 # ---------------------------------------------------------------------------- sampling
-def repeat_factors(image_freq: np.ndarray, t: float) -> np.ndarray:
-    """LVIS repeat factors r(c) = max(1, sqrt(t / f(c))) (Gupta et al. 2019).
-
-    ``image_freq`` is the fraction of images that contain each class. A class in no image gets
-    1.0: there is no image to repeat, and a finite value keeps downstream arithmetic simple.
-    """
-    f = np.asarray(image_freq, dtype=np.float64)
-    out = np.ones_like(f)
-    present = f > 0
-    out[present] = np.maximum(1.0, np.sqrt(t / f[present]))
-    return out
-
-
 def choose_repeat_threshold(image_freq: np.ndarray) -> float:
     """The repeat threshold ``t``: 0.1, lowered to the commonest class's image frequency when
     even that class is in fewer than 10% of images.

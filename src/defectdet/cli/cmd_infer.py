@@ -4,46 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from defectdet.cli.app import FormatOpt, StrictOpt, _load, app, handle_errors
+from defectdet.cli.options import given, schema_options
+from defectdet.config import PredictConfig
 from defectdet.console import err, out
 
 # ---------------------------------------------------------------------------- predict
-_IN, _THR, _OUT, _RUN = "Input", "Thresholds", "Output", "Run"
-WeightsOpt = Annotated[Path, typer.Option("--weights", "-w", help="Checkpoint (weights/best.pt).")]
-ConfOpt = Annotated[
-    float, typer.Option("--conf", help="Score threshold for every class.", rich_help_panel=_THR)
-]
-ClassConfOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--class-conf",
-        help="Per-class thresholds overriding --conf, e.g. 'scratch=0.5,crack=0.15'.",
-        rich_help_panel=_THR,
-    ),
-]
-IouOpt = Annotated[
-    float, typer.Option("--iou", help="IoU of class-wise NMS.", rich_help_panel=_THR)
-]
-BatchOpt = Annotated[
-    int, typer.Option("--batch-size", help="Images per batch.", rich_help_panel=_RUN)
-]
-WorkersOpt = Annotated[
-    int,
-    typer.Option(
-        "--workers",
-        help="Processes decoding images ahead of the model (-1 = auto: none on a small "
-        "CPU-only machine, where they would compete with the model for cores).",
-        rich_help_panel=_RUN,
-    ),
-]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.", rich_help_panel=_RUN)
-]
+_OUT = "Output"
 DetectorWeightsOpt = Annotated[
     Path,
     typer.Option(
@@ -52,14 +24,17 @@ DetectorWeightsOpt = Annotated[
         help="Checkpoint (weights/best.pt); with --backend onnxruntime an exported .onnx file.",
     ),
 ]
-BackendOpt = Annotated[str, typer.Option(help="torch or onnxruntime.", rich_help_panel=_RUN)]
-HalfOpt = Annotated[
-    bool, typer.Option("--half", help="fp16 inference (CUDA only).", rich_help_panel=_RUN)
-]
+
+
+def _predict_config(options: dict[str, Any]):
+    from defectdet.config import PredictConfig, apply, validate
+
+    return validate(apply(PredictConfig(), given(options)))
 
 
 @app.command()
 @handle_errors
+@schema_options(PredictConfig)
 def predict(
     source: Annotated[
         str,
@@ -69,24 +44,6 @@ def predict(
         ),
     ],
     weights: DetectorWeightsOpt,
-    backend: BackendOpt = "torch",
-    conf: ConfOpt = 0.25,
-    class_conf: ClassConfOpt = None,
-    iou: IouOpt = 0.5,
-    max_det: Annotated[
-        int, typer.Option("--max-det", help="Boxes kept per image.", rich_help_panel=_THR)
-    ] = 100,
-    tile: Annotated[
-        int,
-        typer.Option(
-            help="Tile large images: tiles of SIZE px of the original, each run at the model's "
-            "resolution, boxes merged by NMS (0 = off: the whole image is resized).",
-            rich_help_panel=_IN,
-        ),
-    ] = 0,
-    tile_overlap: Annotated[
-        float, typer.Option(help="Overlap between tiles (fraction).", rich_help_panel=_IN)
-    ] = 0.2,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -114,15 +71,14 @@ def predict(
         bool,
         typer.Option("--json", help="Print the summary as JSON on stdout.", rich_help_panel=_OUT),
     ] = False,
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = -1,
-    device: DeviceOpt = "auto",
-    half: HalfOpt = False,
+    **options: Any,
 ) -> None:
     """Detect defects in images, streaming boxes, scores and a verdict per image.
 
-    Detect defects in images: predictions.csv (one row per box), images.csv (one row per
-    image, verdict defect/ok), predictions.json (COCO results), written as it goes.
+    Detect defects in images: predictions.csv (one row per box at or above its threshold),
+    images.csv (one row per image, verdict defect/ok), predictions.json (COCO results of every
+    detection, for scoring), written as it goes. The thresholds and preprocessing are those of
+    evaluate and of validation during training.
 
     [dim]Examples:
       defectdet predict parts/ --weights runs/train/exp/weights/best.pt
@@ -130,29 +86,12 @@ def predict(
       defectdet predict big.tif -w best.pt --tile 1024 --tile-overlap 0.25
       defectdet predict list.txt -w best.onnx --backend onnxruntime --json[/dim]
     """
-    from defectdet.engine.predict import PredictOptions
-    from defectdet.engine.predict import predict as run_predict
+    from defectdet.engine.predict.run import PredictOutput
+    from defectdet.engine.predict.run import predict as run_predict
 
-    opts = PredictOptions(
-        weights=weights,
-        backend=backend,
-        out=out_dir,
-        name=name,
-        exist_ok=exist_ok,
-        conf=conf,
-        class_conf=class_conf,
-        iou=iou,
-        max_det=max_det,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        half=half,
-        tile=tile,
-        tile_overlap=tile_overlap,
-        save_images=save_images,
-        progress=not json_out,
-    )
-    summary = run_predict(source, opts)
+    output = PredictOutput(out_dir, name=name, exist_ok=exist_ok, save_images=save_images)
+    output.progress = not json_out
+    summary = run_predict(source, weights, _predict_config(options), output)
     if json_out:
         print(json.dumps(summary, indent=2))
         return
@@ -169,6 +108,7 @@ def predict(
 # ---------------------------------------------------------------------------- evaluate
 @app.command()
 @handle_errors
+@schema_options(PredictConfig)
 def evaluate(
     data: Annotated[Path, typer.Argument(help="Dataset folder or annotation file.")],
     weights: DetectorWeightsOpt,
@@ -180,9 +120,6 @@ def evaluate(
     ] = None,
     fmt: FormatOpt = "auto",
     strict: StrictOpt = False,
-    conf: ConfOpt = 0.25,
-    class_conf: ClassConfOpt = None,
-    iou: IouOpt = 0.5,
     plots: Annotated[
         Path | None,
         typer.Option(help="Folder for pr_curves.png and confusion_matrix.png."),
@@ -190,43 +127,25 @@ def evaluate(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write everything as JSON ('-' = stdout).")
     ] = None,
-    batch_size: BatchOpt = 8,
-    workers: WorkersOpt = -1,
-    device: DeviceOpt = "auto",
-    backend: BackendOpt = "torch",
-    half: HalfOpt = False,
+    **options: Any,
 ) -> None:
     """Score a checkpoint per class, per image and as a confusion matrix.
 
     Score a checkpoint per class (AP, AP50, precision, recall), per image (defect recall,
-    false alarms, balanced accuracy next to plain accuracy) and as a confusion matrix.
+    false alarms, balanced accuracy next to plain accuracy) and as a confusion matrix. The
+    detections are exactly those predict gives for the same images and options.
 
     [dim]Examples:
       defectdet evaluate data/ -w runs/train/exp/weights/best.pt --plots eval/
       defectdet evaluate data/ -w best.onnx --backend onnxruntime --split test[/dim]
     """
-    from defectdet.engine.report import (
-        EvaluateOptions,
-        evaluate_checkpoint,
-        plot_evaluation,
-        render_evaluation,
-    )
+    from defectdet.engine.evaluate.render import plot_evaluation, render_evaluation
+    from defectdet.engine.evaluate.run import evaluate_checkpoint
     from defectdet.io import write_json
 
+    cfg = _predict_config(options)  # checked before the data is read
     catalog = _load(data, fmt, strict)
-    opts = EvaluateOptions(
-        weights=weights,
-        split=split,
-        conf=conf,
-        class_conf=class_conf,
-        iou=iou,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        backend=backend,
-        half=half,
-    )
-    report = evaluate_checkpoint(catalog, opts, str(data))
+    report = evaluate_checkpoint(catalog, weights, cfg, split, str(data))
     to_stdout = json_path is not None and str(json_path) == "-"
     if to_stdout:
         print(json.dumps(report, indent=2, default=str))
@@ -244,7 +163,7 @@ def evaluate(
 @app.command()
 @handle_errors
 def export(
-    weights: WeightsOpt,
+    weights: Annotated[Path, typer.Option("--weights", "-w", help="Checkpoint (weights/best.pt).")],
     to: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
     out_path: Annotated[
         Path | None,
@@ -255,7 +174,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (≥ 17).")] = 17,
     check: Annotated[
-        bool, typer.Option(help="Compare the export with PyTorch on a random batch.")
+        bool, typer.Option(help="Compare the export with PyTorch on sample images.")
     ] = True,
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript.

@@ -70,7 +70,9 @@ def _augmentations(preset: str, rotate90: bool) -> list[A.BasicTransform]:
 def _compose(augs: list[A.BasicTransform], image_size: int) -> A.Compose:
     return A.Compose(
         [
-            A.LongestMaxSize(max_size=image_size),
+            # The resize rule of inference (data.preprocess.letterbox): INTER_AREA when
+            # shrinking, linear when growing, so training sees the pixels inference will.
+            A.LongestMaxSize(max_size=image_size, area_for_downscale="image"),
             *augs,
             A.PadIfNeeded(
                 image_size,
@@ -86,16 +88,16 @@ def _compose(augs: list[A.BasicTransform], image_size: int) -> A.Compose:
 
 
 def build_transforms(cfg: AugmentConfig, image_size: int, train: bool) -> A.Compose:
-    """Resize (longest side = ``image_size``), augment per ``cfg.preset`` if ``train``, pad to
+    """Resize (longest side = ``image_size``), augment per ``cfg.augment`` if ``train``, pad to
     (image_size, image_size) top-left. Call as ``t(image=HxWx3 uint8, bboxes=(N,4), labels=(N,))``.
     """
-    return _compose(_augmentations(cfg.preset, cfg.rotate90) if train else [], image_size)
+    return _compose(_augmentations(cfg.augment, cfg.rotate90) if train else [], image_size)
 
 
 def build_minority_transforms(cfg: AugmentConfig, image_size: int) -> A.Compose:
-    """The stronger pipeline for images holding a rare class: one preset above ``cfg.preset``,
+    """The stronger pipeline for images holding a rare class: one preset above ``cfg.augment``,
     at least ``medium``."""
-    level = min(max(PRESETS.index(cfg.preset) + 1, PRESETS.index("medium")), len(PRESETS) - 1)
+    level = min(max(PRESETS.index(cfg.augment) + 1, PRESETS.index("medium")), len(PRESETS) - 1)
     return _compose(_augmentations(PRESETS[level], cfg.rotate90), image_size)
 
 

@@ -26,25 +26,6 @@ IMAGE_COLUMNS = ["image_id", "file_name", "width", "height", "split"]
 BOX_COLUMNS = ["image_id", "class_id", "x1", "y1", "x2", "y2"]
 
 
-def empty_images() -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "image_id": pd.Series(dtype="int64"),
-            "file_name": pd.Series(dtype="object"),
-            "width": pd.Series(dtype="int64"),
-            "height": pd.Series(dtype="int64"),
-            "split": pd.Series(dtype="object"),
-        }
-    )
-
-
-def empty_boxes() -> pd.DataFrame:
-    cols = {"image_id": "int64", "class_id": "int64"} | dict.fromkeys(
-        ("x1", "y1", "x2", "y2"), "float64"
-    )
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in cols.items()})
-
-
 @dataclass
 class Catalog:
     """A validated detection dataset. Build one with :func:`defectdet.data.load_dataset`."""
@@ -67,9 +48,6 @@ class Catalog:
 
     def path_of(self, file_name: str) -> Path:
         return self.root / file_name
-
-    def paths(self) -> list[Path]:
-        return [self.root / f for f in self.images["file_name"]]
 
     def splits(self) -> list[str]:
         """Split names present, in a conventional order (train, val, test, then others)."""

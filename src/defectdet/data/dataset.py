@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import albumentations as A
@@ -146,6 +146,7 @@ def _worker_init(worker_id: int) -> None:
     np.random.seed(seed)
     random.seed(seed)
     cv2.setNumThreads(0)
+    torch.set_num_threads(1)  # decoding workers stay single-threaded: the model uses the cores
 
 
 def resolve_workers(workers: int) -> int:
@@ -167,9 +168,11 @@ def make_loader(
     batch_size: int,
     workers: int,
     train: bool,
+    collate_fn: Callable[[Sequence[Any]], Any] | None = None,
 ) -> DataLoader:
-    """A DataLoader with this project's settings; without a sampler, ``train`` shuffles.
-    ``workers < 0`` = auto (:func:`resolve_workers`)."""
+    """The DataLoader of every loop (training, validation, evaluate, predict). Without a
+    sampler, ``train`` shuffles; ``workers < 0`` = auto (:func:`resolve_workers`); training
+    keeps its workers across epochs, one-pass inference does not."""
     workers = resolve_workers(workers)
     return DataLoader(
         dataset,
@@ -177,11 +180,11 @@ def make_loader(
         sampler=sampler,
         shuffle=train if sampler is None else False,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn or collate,
         pin_memory=torch.cuda.is_available(),
         drop_last=False,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers else None,
+        persistent_workers=train and workers > 0,
+        prefetch_factor=(4 if train else 2) if workers else None,
         worker_init_fn=_worker_init,
     )
 

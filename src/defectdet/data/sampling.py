@@ -20,24 +20,11 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from defectdet.config import SamplerConfig
+from defectdet.data.repeat_factors import repeat_factors_per_image
 from defectdet.errors import ConfigError
 
 # Tags that keep the random streams of the different per-epoch decisions independent.
 _TAG_BACKGROUND, _TAG_MAJORITY, _TAG_DRAW, _TAG_SHUFFLE = 1, 2, 3, 4
-
-
-def repeat_factors_per_image(image_class_counts: np.ndarray, t: float) -> np.ndarray:
-    """LVIS repeat factors, (num_images,) float: max over an image's classes of
-    ``max(1, sqrt(t / f(c)))``, ``f(c)`` = fraction of images containing class ``c``.
-    Background images get 1."""
-    present = np.asarray(image_class_counts) > 0
-    n = max(len(present), 1)
-    freq = present.sum(axis=0) / n  # (K,)
-    with np.errstate(divide="ignore"):
-        class_factor = np.where(freq > 0, np.sqrt(t / np.maximum(freq, 1e-12)), 1.0)
-    class_factor = np.maximum(class_factor, 1.0)
-    per_image = np.where(present, class_factor[None, :], 1.0)
-    return per_image.max(axis=1, initial=1.0)
 
 
 def decode_index(index: int, num_images: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from defectdet.data.split import stratify
 from defectdet.errors import ConfigError, OutputExistsError
 from defectdet.io import write_json
 
@@ -333,44 +334,19 @@ def render_image(cfg: SynthConfig, index: int, background: bool) -> Rendered:
 def assign_val(labels: Sequence[Sequence[int]], fraction: float) -> np.ndarray:
     """Val flags, stratified by each image's rarest class so rare classes land in both splits.
 
-    Images are grouped by their rarest class (background is its own group); each group sends an
-    evenly spaced share to val, at least one image and at most all but one when it has two or more.
-    A repair pass then moves single images across for classes still missing from a split.
+    :func:`defectdet.data.split.stratify` with the generator's settings: rarity by instances
+    (ties: the higher class index), evenly spaced picks instead of random ones (each group sends
+    at least one image and at most all but one to val when it has two or more), and a repair
+    pass that moves an image across only where that empties no other class from a split.
     """
-    counts: dict[int, int] = {}
-    for ls in labels:
-        for c in ls:
-            counts[c] = counts.get(c, 0) + 1
-    rarest = [min(ls, key=lambda c: (counts[c], -c)) if ls else -1 for ls in labels]
-    val = np.zeros(len(labels), bool)
-    for group in sorted(set(rarest)):
-        members = [i for i, r in enumerate(rarest) if r == group]
-        n = len(members)
-        k = round(n * fraction)
-        if 0 < fraction < 1 and n >= 2:
-            k = min(max(k, 1), n - 1)
-        for j in range(k):
-            val[members[int((j + 0.5) * n / k)]] = True
-    if 0 < fraction < 1:
-        _repair(labels, val, sorted(counts, key=lambda c: (counts[c], -c)))
-    return val
-
-
-def _repair(labels: Sequence[Sequence[int]], val: np.ndarray, classes: list[int]) -> None:
-    """Move an image holding a class that is missing from one split, if that empties no other."""
-    for c in classes:
-        holders = [i for i, ls in enumerate(labels) if c in ls]
-        for side in (True, False):
-            if len(holders) < 2 or any(val[i] == side for i in holders):
-                continue
-            for i in holders:
-                others = set(labels[i]) - {c}
-                if all(
-                    sum(val[j] != side for j, ls in enumerate(labels) if o in ls) > 1
-                    for o in others
-                ):
-                    val[i] = side
-                    break
+    k = 1 + max((c for ls in labels for c in ls), default=-1)
+    presence = np.zeros((len(labels), k), bool)
+    instances = np.zeros(k, np.int64)
+    for i, ls in enumerate(labels):
+        presence[i, list(ls)] = True
+        np.add.at(instances, list(ls), 1)
+    rarity = instances * k + np.arange(k)[::-1]  # by instances, ties: the higher class first
+    return stratify(presence, fraction, rarity=rarity, force_repair=False)
 
 
 # ------------------------------------------------------------------------------- output

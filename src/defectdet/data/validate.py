@@ -75,7 +75,7 @@ def finalize(
     images = _drop_duplicates(images, problems)
     if check_images:
         images = _drop_missing(root, images, problems)
-    images = _fill_sizes(root, images, problems)
+    images = _read_headers(root, images, problems, every=check_images)
     images["image_id"] = _image_ids(images)
     boxes = _attach_boxes(images, boxes, classes, problems, listed_keys)
     boxes = _check_coordinates(images, boxes, problems)
@@ -190,26 +190,32 @@ def _scan(root: Path) -> tuple[set[str], set[str]]:
     return files, links
 
 
-def _fill_sizes(root: Path, images: pd.DataFrame, problems: ProblemLog) -> pd.DataFrame:
-    """Read sizes from image headers where the annotations do not give a usable one (missing,
-    NaN, below 1 px, or more pixels than MAX_PIXELS, e.g. 1e308, which no integer holds)."""
+def _read_headers(
+    root: Path, images: pd.DataFrame, problems: ProblemLog, every: bool
+) -> pd.DataFrame:
+    """Read image headers (never the pixels), one read per image, and skip unreadable images.
+
+    With ``every`` (images are checked) every image's header is read, so a zero-byte file, a
+    text file named ``.png``, a cut header or a decompression bomb is reported even when the
+    annotations give its size; otherwise only the images that need a size are read. Sizes come
+    from the header only where the annotations do not give a usable one (missing, NaN, below
+    1 px, or more pixels than MAX_PIXELS, e.g. 1e308, which no integer holds).
+    """
     w, h = images["width"], images["height"]
     need = ~((w >= 1) & (h >= 1) & (w * h <= MAX_PIXELS))
-    if not need.any():
+    read = need | every
+    if not read.any():
         return images
-    idx = images.index[need]
+    idx = images.index[read]
     paths = [root / f for f in images.loc[idx, "file_name"]]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        sizes = list(pool.map(_size_or_error, paths))
-    bad = []
-    for i, size in zip(idx, sizes, strict=True):
-        if isinstance(size, str):
-            r = images.loc[i]
-            problems.add(r["src"], size, kind="unreadable-image", where=r["where"])
-            bad.append(i)
-        else:
-            images.loc[i, ["width", "height"]] = size
-    return images.drop(index=bad)
+        sizes = pd.Series(list(pool.map(_size_or_error, paths)), index=idx, dtype=object)
+    bad = sizes.map(lambda s: isinstance(s, str))
+    errors = images.assign(error=sizes[bad].reindex(images.index))
+    _report(errors, errors["error"].notna(), problems, "unreadable-image", lambda r: r.error)
+    for i in idx[need[idx].to_numpy() & ~bad.to_numpy()]:
+        images.loc[i, ["width", "height"]] = sizes[i]
+    return images.drop(index=idx[bad.to_numpy()])
 
 
 def _size_or_error(path: Path) -> tuple[int, int] | str:

@@ -5,40 +5,41 @@ batch in Python, so exporting the whole detector bakes the batch size in (the tr
 the loop) and data-dependent shapes (top-k, NMS) are awkward in ONNX. The graph therefore maps
 ``images`` float32 (B, 3, S, S) in 0..1 (normalised inside the graph; B dynamic, S fixed) to
 ``cls_logits`` (B, A, K) and ``bbox_regression`` (B, A, 4), with ``anchors`` (A, 4) as a
-constant third output; decoding, thresholds and class-wise NMS run outside it with
-torchvision's own code (:func:`defectdet.engine.backends.decode_detections`). Class names,
-image size, anchors per level and the post-processing defaults are stored in
+constant third output; decoding, thresholds and class-wise NMS run outside it with the same
+decoding as the PyTorch model (:func:`defectdet.model.postprocess.decode_detections`). Class
+names, image size, anchors per level and the post-processing defaults are stored in
 ``metadata_props``.
 
 TorchScript: the complete detector (pre-processing, post-processing, any input size) via
-``torch.jit.script`` on a copy whose defectdet-specific parts are swapped for scriptable
-torchvision equivalents with the same weights: the input transform (``FitTransform`` ->
-``GeneralizedRCNNTransform`` with the same size and normalisation), the FPN's extra-level block,
-and the head (``DefectRetinaNetHead`` -> ``RetinaNetHead``: its loss is not needed to infer).
+``torch.jit.script`` of torchvision's own ``RetinaNet`` assembled from the trained parts: the
+same backbone, FPN and anchors, the head's branches in a plain ``RetinaNetHead`` (its loss is
+not needed to infer) and ``GeneralizedRCNNTransform`` with the same size and normalisation.
+
+Both checks run on an image prepared by :func:`defectdet.data.preprocess.letterbox`, the
+preprocessing of every inference path.
 In scripting, RetinaNet returns ``(losses, detections)``; class names and image size are in the
 archive's ``extra/defectdet.json``.
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 
 from defectdet import __version__
-from defectdet.engine.backends import ONNX_FORMAT
+from defectdet.data.preprocess import letterbox
+from defectdet.engine.inference.detectors import ONNX_FORMAT, import_onnxruntime
 from defectdet.errors import ConfigError, OutputExistsError
 from defectdet.io import atomic_open
-from defectdet.model.build import IMAGENET_MEAN, IMAGENET_STD, _LastLevelP6, _NoExtraLevels
+from defectdet.model.build import IMAGENET_MEAN, IMAGENET_STD
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 MIN_OPSET = 17
@@ -63,30 +64,32 @@ def export(
     Raises:
         ConfigError: unknown format or opset too old. OutputExistsError: ``out`` exists.
     """
-    from defectdet.model import model_from_checkpoint
+    from defectdet.model import load_model
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format {fmt!r}; use {' or '.join(FORMATS)}")
     out = out or default_output(weights, fmt)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
-    model, cfg = model_from_checkpoint(weights, "cpu")
-    names = list(cfg.class_names) or [f"class{k}" for k in range(cfg.num_classes)]
+    if fmt == "onnx" and opset < MIN_OPSET:
+        raise ConfigError(f"--opset must be ≥ {MIN_OPSET}, got {opset}")
     if fmt == "onnx":
-        if opset < MIN_OPSET:
-            raise ConfigError(f"--opset must be ≥ {MIN_OPSET}, got {opset}")
-        data = onnx_bytes(model, cfg.image_size, names, opset)
-        diffs = check_onnx(model, data, cfg.image_size) if check else {}
+        _import_onnx()  # before the model load: a missing extra is one clear line
+    model, spec = load_model(weights, "cpu")
+    names, size = spec.class_names, spec.image_size
+    if fmt == "onnx":
+        data = onnx_bytes(model, size, names, opset)
+        diffs = check_onnx(model, data, size) if check else {}
     else:
-        data = torchscript_bytes(model, cfg.image_size, names)
-        diffs = check_torchscript(model, data, cfg.image_size) if check else {}
+        data = torchscript_bytes(model, size, names)
+        diffs = check_torchscript(model, data, size) if check else {}
     with atomic_open(out, "wb") as fh:
         fh.write(data)
     return {
         "format": fmt,
         "out": str(out),
         "bytes": len(data),
-        "image_size": cfg.image_size,
+        "image_size": size,
         "classes": names,
         "max_abs_diff": diffs,
     }
@@ -125,8 +128,7 @@ def _fixed_anchors(model: nn.Module, size: int) -> tuple[Tensor, list[int]]:
 
 def onnx_bytes(model: nn.Module, image_size: int, names: list[str], opset: int) -> bytes:
     """The serialised ONNX model with defectdet's metadata (see the module docstring)."""
-    import onnx
-
+    onnx = _import_onnx()
     raw = RawRetinaNet(model, image_size).eval()
     example = torch.rand(2, 3, image_size, image_size)
     buf = io.BytesIO()
@@ -163,12 +165,11 @@ def onnx_bytes(model: nn.Module, image_size: int, names: list[str], opset: int) 
 
 
 def check_onnx(model: nn.Module, data: bytes, image_size: int) -> dict[str, float]:
-    """Largest absolute differences between onnxruntime and PyTorch on a random batch of 3
-    (another batch size than the export's, so the dynamic axis is exercised)."""
-    import onnxruntime as ort
-
+    """Largest absolute differences between onnxruntime and PyTorch on a batch of 3 sample
+    images (another batch size than the export's, so the dynamic axis is exercised)."""
+    ort = import_onnxruntime()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    x = torch.rand(3, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    x = sample_batch(image_size, 3)
     with torch.no_grad():
         ref = RawRetinaNet(model, image_size).eval()(x)
     got = session.run(None, {"images": x.numpy()})
@@ -179,47 +180,52 @@ def check_onnx(model: nn.Module, data: bytes, image_size: int) -> dict[str, floa
     }
 
 
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ConfigError(
+            "ONNX export needs the onnx package: pip install 'defectdet[onnx]'"
+        ) from None
+    return onnx
+
+
+def sample_batch(image_size: int, n: int) -> Tensor:
+    """(n, 3, S, S) float 0..1: textured, non-square sample images prepared by the inference
+    preprocessing (letterboxed), so padding and resizing are part of the check."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        h, w = int(image_size * (0.6 + 0.2 * i)), int(image_size * 1.3)
+        base = rng.integers(60, 200, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+        image = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+        image = (image + rng.integers(0, 20, image.shape)).astype(np.uint8)
+        out.append(torch.from_numpy(letterbox(image, image_size)).permute(2, 0, 1))
+    return torch.stack(out).float() / 255
+
+
 # ---------------------------------------------------------------------------- TorchScript
-class _ScriptableNoExtra(ExtraFPNBlock):
-    """``_NoExtraLevels`` with the type annotations TorchScript needs."""
-
-    def forward(
-        self, results: list[Tensor], x: list[Tensor], names: list[str]
-    ) -> tuple[list[Tensor], list[str]]:
-        return results, names
-
-
-class _ScriptableP6(ExtraFPNBlock):
-    """``_LastLevelP6`` with type annotations (same ``p6`` conv, so the same weights)."""
-
-    def __init__(self, p6: nn.Conv2d) -> None:
-        super().__init__()
-        self.p6 = p6
-
-    def forward(
-        self, results: list[Tensor], x: list[Tensor], names: list[str]
-    ) -> tuple[list[Tensor], list[str]]:
-        results = results + [self.p6(results[-1])]  # noqa: RUF005 (TorchScript: no unpacking)
-        return results, names + ["p6"]  # noqa: RUF005
-
-
 def scriptable_copy(model: nn.Module, image_size: int) -> nn.Module:
-    """A deep copy of ``model`` with its non-scriptable parts swapped (module docstring)."""
-    m = copy.deepcopy(model).eval()
-    m.transform = GeneralizedRCNNTransform(
-        image_size, image_size, IMAGENET_MEAN, IMAGENET_STD, m.transform.size_divisible
-    )
-    extra = m.backbone.fpn.extra_blocks
-    if isinstance(extra, _NoExtraLevels):
-        m.backbone.fpn.extra_blocks = _ScriptableNoExtra()
-    elif isinstance(extra, _LastLevelP6):
-        m.backbone.fpn.extra_blocks = _ScriptableP6(extra.p6)
-    old = m.head
+    """torchvision's ``RetinaNet`` with ``model``'s trained parts (module docstring)."""
     head = RetinaNetHead(1, 1, 1)  # placeholder branches, replaced by the trained ones
-    head.classification_head = old.classification_head
-    head.regression_head = old.regression_head
-    m.head = head
-    return m
+    head.classification_head = model.head.classification_head
+    head.regression_head = model.head.regression_head
+    s = model.settings
+    plain = RetinaNet(
+        model.backbone,
+        model.head.classification_head.num_classes,
+        min_size=image_size,
+        max_size=image_size,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        anchor_generator=model.anchor_generator,
+        head=head,
+        score_thresh=s.score_thresh,
+        nms_thresh=s.nms_thresh,
+        detections_per_img=s.detections_per_img,
+        topk_candidates=s.topk_candidates,
+    )
+    return plain.eval()
 
 
 def torchscript_bytes(model: nn.Module, image_size: int, names: list[str]) -> bytes:
@@ -239,9 +245,8 @@ def torchscript_bytes(model: nn.Module, image_size: int, names: list[str]) -> by
 
 def check_torchscript(model: nn.Module, data: bytes, image_size: int) -> dict[str, float]:
     """Largest box and score differences between the scripted and the eager detector on two
-    random images (same detection count required)."""
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, image_size, image_size, generator=g) for _ in range(2)]
+    sample images (same detection count required)."""
+    images = list(sample_batch(image_size, 2))
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(io.BytesIO(data))

@@ -1,22 +1,23 @@
-"""Building torchvision's RetinaNet from a ``ModelConfig``.
+"""The RetinaNet architecture, assembled from parts: backbone + FPN, anchors, head, transform.
 
 What differs from ``torchvision.models.detection.retinanet_resnet50_fpn``: any of the supported
-backbones, a configurable FPN width, pyramid levels (P2..P7), head depth and anchors; the loss of
-``losses.DefectRetinaNetHead``; and a transform that does not re-interpolate images the data
-pipeline already resized.
+backbones, a configurable FPN width, pyramid levels (P2..P7), head depth and anchors; the loss
+of a :class:`~defectdet.model.criterion.Criterion` passed in; decoding shared with the ONNX
+backend (:mod:`defectdet.model.postprocess`); and a transform that does not re-interpolate
+images the data pipeline already resized. Building loads no weights (see
+:mod:`defectdet.model.pretrained` and :mod:`defectdet.model.restore`).
 
 The model takes a list of (3, H, W) float images in 0..1 (RGB, not normalised), or a (B, 3, H, W)
-tensor, with the longest side equal to ``cfg.image_size`` (other sizes are resized, as torchvision
-does, and detections mapped back). Targets: ``boxes`` (G, 4) float xyxy in input pixels and
-``labels`` (G,) int64 in ``0..K-1`` (no background class). Train mode returns the losses
-``classification`` and ``bbox_regression``; eval mode returns per image ``boxes``, ``scores``,
-``labels``.
+tensor, with the longest side equal to ``spec.image_size`` (other sizes are resized, as
+torchvision does, and detections mapped back). Targets: ``boxes`` (G, 4) float xyxy in input
+pixels and ``labels`` (G,) int64 in ``0..K-1`` (no background class). Train mode returns the
+losses ``classification`` and ``bbox_regression``; eval mode returns per image ``boxes``,
+``scores``, ``labels``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from functools import partial
 
 import torch
@@ -25,90 +26,63 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.retinanet import RetinaNet
-from torchvision.models.detection.transform import (
-    GeneralizedRCNNTransform,
-    _resize_image_and_masks,
-    resize_boxes,
-)
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.ops import misc
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from defectdet.config import LossConfig, ModelConfig
 from defectdet.errors import ConfigError
 from defectdet.model.anchors import default_anchor_sizes, make_anchor_generator
-from defectdet.model.losses import DefectRetinaNetHead
-from defectdet.model.weights import (
-    load_backbone_weights,
-    load_checkpoint,
-    load_coco_weights,
-    load_matching,
-)
+from defectdet.model.criterion import BoxLoss, Criterion
+from defectdet.model.postprocess import PostprocessSettings, decode_detections
+from defectdet.model.spec import INITS, SIZE_DIVISIBLE, ModelSpec
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 BACKBONES = (*RESNETS, "mobilenet_v3_large")
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-SIZE_DIVISIBLE = 32
 
 
 def build_model(
-    cfg: ModelConfig, loss: LossConfig | None = None, *, load_weights: bool = True
-) -> RetinaNet:
-    """RetinaNet for ``cfg.num_classes`` defect classes (see the module docstring for I/O).
+    spec: ModelSpec, criterion: Criterion | None = None, *, trainable_layers: int = 3
+) -> DefectRetinaNet:
+    """RetinaNet for ``spec`` (see the module docstring for I/O); no weights are loaded.
 
     Args:
-        cfg: resolved model config (``num_classes`` and ``image_size`` set).
-        loss: training loss settings; ``None`` = focal 0.25/2 with batch normalisation.
-        load_weights: False builds the same structure (norm layers included) without loading
-            or downloading anything, e.g. to load a checkpoint into it.
-
-    ``cfg.weights`` ("coco" or a checkpoint PATH) supersedes ``cfg.backbone_weights``. After a
-    PATH fine-tune, ``model.skipped_weights`` lists the head tensors that did not fit.
+        spec: architecture and resolved values.
+        criterion: the training losses; None builds a model for inference only.
+        trainable_layers: backbone stages trained when ``spec.init`` is pretrained (from
+            scratch everything trains, as in torchvision).
     """
-    validate_model_config(cfg)
-    # torchvision freezes BatchNorm statistics whenever the backbone starts from trained weights.
-    pretrained = cfg.backbone_weights != "none" or bool(cfg.weights)
-    backbone = _build_backbone(cfg, pretrained, load_weights and not cfg.weights)
+    validate_spec(spec)
+    backbone = _build_backbone(spec, trainable_layers)
     anchor_generator = make_anchor_generator(
-        cfg.anchor_sizes or default_anchor_sizes(cfg.min_level, cfg.max_level), cfg.aspect_ratios
+        spec.anchor_sizes or default_anchor_sizes(spec.min_level, spec.max_level),
+        spec.aspect_ratios,
     )
-    v2 = cfg.head == "v2"
+    v2 = spec.head == "v2"
     head = DefectRetinaNetHead(
-        cfg.fpn_channels,
+        spec.fpn_channels,
         anchor_generator.num_anchors_per_location()[0],
-        cfg.num_classes,
-        num_convs=cfg.head_convs,
-        norm_layer=partial(nn.GroupNorm, math.gcd(32, cfg.fpn_channels)) if v2 else None,
-        loss=loss,
+        spec.num_classes,
+        num_convs=spec.head_convs,
+        norm_layer=partial(nn.GroupNorm, math.gcd(32, spec.fpn_channels)) if v2 else None,
+        criterion=criterion,
         box_loss="giou" if v2 else "l1",
     )
-    model = RetinaNet(
+    model = DefectRetinaNet(
         backbone,
-        cfg.num_classes,
-        min_size=cfg.image_size,
-        max_size=cfg.image_size,
+        spec.num_classes,
+        min_size=spec.image_size,
+        max_size=spec.image_size,
         anchor_generator=anchor_generator,
         head=head,
-        score_thresh=cfg.score_thresh,
-        nms_thresh=cfg.nms_thresh,
-        detections_per_img=cfg.detections_per_img,
     )
-    model.transform = FitTransform(cfg.image_size)
-    model.skipped_weights = []
-    if cfg.weights == "coco":
+    model.transform = FitTransform(spec.image_size)
+    model.configure(PostprocessSettings())
+    if spec.init == "coco":
         det_utils.overwrite_eps(model, 0.0)  # as torchvision: COCO_V1 frozen BN uses eps 0
-        if load_weights:
-            load_coco_weights(model)
-    elif cfg.weights and load_weights:
-        state = load_checkpoint(cfg.weights)["model"]
-        model.skipped_weights = load_matching(model, state, cfg.weights)
-        if model.skipped_weights:
-            warnings.warn(
-                f"{cfg.weights}: {len(model.skipped_weights)} head tensors did not fit and start "
-                f"fresh: {'; '.join(model.skipped_weights[:4])}",
-                stacklevel=2,
-            )
     return model
 
 
@@ -123,101 +97,58 @@ def prepare_model(model: nn.Module, device: torch.device, channels_last: bool) -
 
 
 # ---------------------------------------------------------------------------- validation
-def validate_model_config(cfg: ModelConfig) -> None:
-    """Raise ConfigError for settings that cannot build a model."""
-    if cfg.num_classes <= 0:
+def validate_spec(spec: ModelSpec) -> None:
+    """Raise ConfigError for a spec that cannot build a model."""
+    if spec.num_classes <= 0:
+        raise ConfigError("the model needs at least one class (none found in the data)")
+    if spec.backbone not in BACKBONES:
+        raise ConfigError(f"backbone must be one of {'|'.join(BACKBONES)}, not {spec.backbone!r}")
+    if spec.head not in ("v1", "v2") or spec.init not in INITS:
+        raise ConfigError(f"unknown head {spec.head!r} or init {spec.init!r}")
+    if spec.min_level not in (2, 3) or spec.max_level not in (5, 6, 7):
         raise ConfigError(
-            f"model.num_classes must be > 0 (set from the data), got {cfg.num_classes}"
-        )
-    if cfg.backbone not in BACKBONES:
-        raise ConfigError(f"backbone must be one of {'|'.join(BACKBONES)}, not {cfg.backbone!r}")
-    if cfg.head not in ("v1", "v2"):
-        raise ConfigError(f"head must be v1|v2, not {cfg.head!r}")
-    if cfg.min_level not in (2, 3) or cfg.max_level not in (5, 6, 7):
-        raise ConfigError(
-            f"pyramid levels {cfg.min_level}..{cfg.max_level} are not supported: "
+            f"pyramid levels {spec.min_level}..{spec.max_level} are not supported: "
             "min_level must be 2 or 3, max_level 5, 6 or 7"
         )
-    if cfg.image_size < 32 or cfg.image_size % SIZE_DIVISIBLE:
-        low = max(32, cfg.image_size // 32 * 32)
+    if spec.image_size < 32 or spec.image_size % SIZE_DIVISIBLE:
+        low = max(32, spec.image_size // 32 * 32)
         raise ConfigError(
-            f"image_size must be a multiple of 32 and at least 32, got {cfg.image_size} "
+            f"image_size must be a multiple of 32 and at least 32, got {spec.image_size} "
             f"(try {low} or {low + 32})"
         )
-    if cfg.fpn_channels <= 0 or cfg.head_convs < 0:
+    if spec.fpn_channels <= 0 or spec.head_convs < 0:
         raise ConfigError("fpn_channels must be > 0 and head_convs >= 0")
-    if not cfg.aspect_ratios or min(cfg.aspect_ratios) <= 0:
-        raise ConfigError(f"aspect_ratios must be positive, got {cfg.aspect_ratios}")
-    _validate_anchors(cfg)
-    if not (0 <= cfg.score_thresh <= 1 and 0 < cfg.nms_thresh <= 1 and cfg.detections_per_img > 0):
+    if not spec.aspect_ratios or min(spec.aspect_ratios) <= 0:
+        raise ConfigError(f"aspect_ratios must be positive, got {spec.aspect_ratios}")
+    levels = spec.max_level - spec.min_level + 1
+    if spec.anchor_sizes and (len(spec.anchor_sizes) != levels or min(spec.anchor_sizes) <= 0):
         raise ConfigError(
-            "need 0 <= score_thresh <= 1, 0 < nms_thresh <= 1, detections_per_img > 0"
-        )
-    if cfg.class_names and len(cfg.class_names) != cfg.num_classes:
-        raise ConfigError(f"{len(cfg.class_names)} class names for {cfg.num_classes} classes")
-    if cfg.weights == "coco":
-        _validate_coco(cfg)
-
-
-def _validate_anchors(cfg: ModelConfig) -> None:
-    levels = cfg.max_level - cfg.min_level + 1
-    if cfg.anchors not in ("default", "auto"):
-        raise ConfigError(f"anchors must be default|auto, not {cfg.anchors!r}")
-    if cfg.anchor_sizes and (len(cfg.anchor_sizes) != levels or min(cfg.anchor_sizes) <= 0):
-        raise ConfigError(
-            f"anchor_sizes needs {levels} positive sizes (levels {cfg.min_level}..{cfg.max_level}),"
-            f" got {cfg.anchor_sizes}"
-        )
-
-
-def _validate_coco(cfg: ModelConfig) -> None:
-    """COCO weights exist for one architecture only: torchvision's retinanet_resnet50_fpn."""
-    wrong = [
-        f"{name}={got}"
-        for name, got, want in (
-            ("backbone", cfg.backbone, "resnet50"),
-            ("head", cfg.head, "v1"),
-            ("fpn_channels", cfg.fpn_channels, 256),
-            ("head_convs", cfg.head_convs, 4),
-            ("min_level", cfg.min_level, 3),
-            ("max_level", cfg.max_level, 7),
-            ("aspect ratios", len(cfg.aspect_ratios), 3),
-        )
-        if got != want
-    ]
-    if wrong:
-        raise ConfigError(
-            "--weights coco loads torchvision's retinanet_resnet50_fpn, which needs backbone "
-            "resnet50, head v1, fpn_channels 256, head_convs 4, levels 3..7 and 3 aspect ratios; "
-            f"this config has {', '.join(wrong)}. Use --backbone-weights imagenet instead."
+            f"anchor_sizes needs {levels} positive sizes (levels "
+            f"{spec.min_level}..{spec.max_level}), got {spec.anchor_sizes}"
         )
 
 
 # ---------------------------------------------------------------------------- backbone
-def _build_backbone(cfg: ModelConfig, pretrained: bool, load: bool) -> BackboneWithFPN:
+def _build_backbone(spec: ModelSpec, trainable_layers: int) -> BackboneWithFPN:
     """Backbone body + FPN giving levels ``min_level..max_level`` of width ``fpn_channels``.
 
     torchvision's ``_resnet_fpn_extractor`` / ``_mobilenet_extractor`` hard-code 256 channels,
-    so the FPN is assembled here (same layers, same freezing rule).
+    so the FPN is assembled here (same layers, same freezing rule). Pretrained specs get frozen
+    BatchNorm, as in torchvision.
     """
-    levels = range(cfg.min_level, min(cfg.max_level, 5) + 1)  # from the body; P6/P7 are extra
-    trainable = _trainable_layers(cfg, pretrained)
-    if cfg.backbone in RESNETS:
-        norm = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
-        net = getattr(torchvision.models, cfg.backbone)(weights=None, norm_layer=norm)
-        if load:
-            load_backbone_weights(net, cfg.backbone, cfg.backbone_weights)
+    levels = range(spec.min_level, min(spec.max_level, 5) + 1)  # from the body; P6/P7 are extra
+    trainable = _trainable_layers(spec, trainable_layers)
+    if spec.backbone in RESNETS:
+        norm = FrozenBatchNorm2d if spec.pretrained else nn.BatchNorm2d
+        net = getattr(torchvision.models, spec.backbone)(weights=None, norm_layer=norm)
         _freeze_resnet(net, trainable)
         stage2 = net.inplanes // 8  # layer k has stage2 * 2**(k-1) channels; level l = layer l-1
         returned = {f"layer{lvl - 1}": str(i) for i, lvl in enumerate(levels)}
         in_channels = [stage2 * 2 ** (lvl - 2) for lvl in levels]
         body = net
     else:  # mobilenet_v3_large; its own BatchNorm eps is 1e-3
-        norm = partial(FrozenBatchNorm2d, eps=1e-3) if pretrained else None
-        net = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm)
-        if load:
-            load_backbone_weights(net, cfg.backbone, cfg.backbone_weights)
-        body = net.features
+        norm = partial(FrozenBatchNorm2d, eps=1e-3) if spec.pretrained else None
+        body = torchvision.models.mobilenet_v3_large(weights=None, norm_layer=norm).features
         starts = [i for i, b in enumerate(body) if getattr(b, "_is_cn", False)]
         ends = [i - 1 for i in starts] + [len(body) - 1]  # ends[k]: last block at stride 2**(k+1)
         stages = [0, *starts, len(body) - 1]
@@ -226,19 +157,18 @@ def _build_backbone(cfg: ModelConfig, pretrained: bool, load: bool) -> BackboneW
             block.requires_grad_(False)
         returned = {str(ends[lvl - 1]): str(i) for i, lvl in enumerate(levels)}
         in_channels = [body[ends[lvl - 1]].out_channels for lvl in levels]
-    return BackboneWithFPN(body, returned, in_channels, cfg.fpn_channels, _extra_levels(cfg))
+    return BackboneWithFPN(body, returned, in_channels, spec.fpn_channels, _extra_levels(spec))
 
 
-def _trainable_layers(cfg: ModelConfig, pretrained: bool) -> int:
-    most = 5 if cfg.backbone in RESNETS else 6
-    if not pretrained:
+def _trainable_layers(spec: ModelSpec, requested: int) -> int:
+    most = 5 if spec.backbone in RESNETS else 6
+    if not spec.pretrained:
         return most  # as torchvision: nothing is frozen when training from scratch
-    if not 0 <= cfg.trainable_backbone_layers <= most:
+    if not 0 <= requested <= most:
         raise ConfigError(
-            f"trainable_backbone_layers must be 0..{most} for {cfg.backbone}, "
-            f"got {cfg.trainable_backbone_layers}"
+            f"--trainable-backbone-layers must be 0..{most} for {spec.backbone}, got {requested}"
         )
-    return cfg.trainable_backbone_layers
+    return requested
 
 
 def _freeze_resnet(net: nn.Module, trainable: int) -> None:
@@ -250,14 +180,16 @@ def _freeze_resnet(net: nn.Module, trainable: int) -> None:
             param.requires_grad_(False)
 
 
-class _NoExtraLevels(ExtraFPNBlock):
+class NoExtraLevels(ExtraFPNBlock):
     """max_level 5: the FPN's outputs as they are (BackboneWithFPN would add a max-pool P6)."""
 
-    def forward(self, results, x, names):
+    def forward(
+        self, results: list[Tensor], x: list[Tensor], names: list[str]
+    ) -> tuple[list[Tensor], list[str]]:
         return results, names
 
 
-class _LastLevelP6(ExtraFPNBlock):
+class LastLevelP6(ExtraFPNBlock):
     """max_level 6: P6 = 3x3/2 conv on P5 (torchvision's LastLevelP6P7 without P7)."""
 
     def __init__(self, channels: int) -> None:
@@ -266,16 +198,19 @@ class _LastLevelP6(ExtraFPNBlock):
         nn.init.kaiming_uniform_(self.p6.weight, a=1)
         nn.init.zeros_(self.p6.bias)
 
-    def forward(self, results, x, names):
-        return [*results, self.p6(results[-1])], [*names, "p6"]
+    def forward(
+        self, results: list[Tensor], x: list[Tensor], names: list[str]
+    ) -> tuple[list[Tensor], list[str]]:
+        results = results + [self.p6(results[-1])]  # noqa: RUF005 (TorchScript: no unpacking)
+        return results, names + ["p6"]  # noqa: RUF005
 
 
-def _extra_levels(cfg: ModelConfig) -> ExtraFPNBlock:
-    if cfg.max_level == 7:
-        return LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels)  # from P5, as torchvision v1
-    if cfg.max_level == 6:
-        return _LastLevelP6(cfg.fpn_channels)
-    return _NoExtraLevels()
+def _extra_levels(spec: ModelSpec) -> ExtraFPNBlock:
+    if spec.max_level == 7:
+        return LastLevelP6P7(spec.fpn_channels, spec.fpn_channels)  # from P5, as torchvision v1
+    if spec.max_level == 6:
+        return LastLevelP6(spec.fpn_channels)
+    return NoExtraLevels()
 
 
 # ---------------------------------------------------------------------------- transform
@@ -311,7 +246,7 @@ class FitTransform(GeneralizedRCNNTransform):
             h, w = image.shape[-2:]
             if max(h, w) != self.image_size:
                 # Bilinear weights sum to 1, so resizing before normalising gives the same image.
-                images[i] = _resize_image_and_masks(image, self.image_size, self.image_size)[0]
+                images[i] = self.resize(image)[0]
                 if targets is not None:
                     targets[i]["boxes"] = resize_boxes(
                         targets[i]["boxes"], (h, w), images[i].shape[-2:]
@@ -356,3 +291,98 @@ class FitTransform(GeneralizedRCNNTransform):
             if tuple(size) != tuple(original):
                 pred["boxes"] = resize_boxes(pred["boxes"], size, original)
         return result
+
+
+def _set_convs(branch: nn.Module, channels: int, num_convs: int, norm_layer) -> None:
+    """Replace torchvision's fixed 4 head convs with ``num_convs`` (same init: N(0, 0.01), 0)."""
+    if num_convs == len(branch.conv):
+        return
+    branch.conv = nn.Sequential(
+        *(
+            misc.Conv2dNormActivation(channels, channels, norm_layer=norm_layer)
+            for _ in range(num_convs)
+        )
+    )
+    for layer in branch.conv.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.normal_(layer.weight, std=0.01)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+class DefectRetinaNetHead(RetinaNetHead):
+    """``RetinaNetHead`` with a configurable depth whose losses come from a criterion.
+
+    The branches stay torchvision's classes (state-dict keys unchanged, so torchvision's COCO
+    weights load); ``compute_loss`` hands the whole batch to the criterion.
+
+    Args:
+        in_channels: FPN width.
+        num_anchors: anchors per location.
+        num_classes: K defect classes (no background).
+        num_convs: conv layers per branch (torchvision: 4).
+        norm_layer: e.g. ``partial(nn.GroupNorm, 32)`` for the v2 head; None = no norm.
+        criterion: the training losses (None: inference only).
+        box_loss: "l1" (torchvision v1), "smooth_l1" or "giou" (v2).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        norm_layer=None,
+        criterion: Criterion | None = None,
+        box_loss: BoxLoss = "l1",
+    ) -> None:
+        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
+        for branch in (self.classification_head, self.regression_head):
+            _set_convs(branch, in_channels, num_convs, norm_layer)
+        self.box_loss = box_loss
+        self.regression_head._loss_type = box_loss
+        if criterion is not None:
+            criterion.check_classes(num_classes)
+        self.criterion = criterion
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """The criterion's named losses (see :class:`~defectdet.model.criterion.Criterion`)."""
+        if self.criterion is None:
+            raise RuntimeError("this model was built for inference (no criterion); cannot train")
+        box_coder = self.regression_head.box_coder
+        return self.criterion(
+            targets, head_outputs, anchors, matched_idxs, box_coder, self.box_loss
+        )
+
+
+class DefectRetinaNet(RetinaNet):
+    """torchvision's RetinaNet whose decoding is :func:`decode_detections` (shared with the
+    ONNX backend) and whose post-processing is set with :meth:`configure`."""
+
+    def configure(self, settings: PostprocessSettings) -> None:
+        self.settings = settings
+        self.score_thresh = settings.score_thresh
+        self.nms_thresh = settings.nms_thresh
+        self.detections_per_img = settings.detections_per_img
+        self.topk_candidates = settings.topk_candidates
+
+    def postprocess_detections(
+        self,
+        head_outputs: dict[str, list[Tensor]],
+        anchors: list[list[Tensor]],
+        image_shapes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        return decode_detections(
+            head_outputs["cls_logits"],
+            head_outputs["bbox_regression"],
+            anchors[0],
+            image_shapes,
+            self.box_coder,
+            self.settings,
+        )

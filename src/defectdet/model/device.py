@@ -47,3 +47,19 @@ def autocast_enabled(cfg_amp: bool | None, device: torch.device) -> bool:
 def channels_last_enabled(cfg_value: bool | None, device: torch.device) -> bool:
     """Channels-last memory format: ``None`` = on for CUDA (tensor cores), off on CPU."""
     return device.type == "cuda" if cfg_value is None else bool(cfg_value)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype: bf16 where the GPU supports it, else fp16 (bf16 on CPU)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def to_model_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 3, S, S) from a loader -> float 0..1 on ``device`` (converted there: 4x less
+    to move)."""
+    batch = images.to(device, non_blocking=True)
+    if channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    return batch.float().div_(255) if batch.dtype == torch.uint8 else batch

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from defectdet.data.problems import ProblemLog
 from defectdet.data.validate import raw_boxes, raw_images
 from defectdet.errors import DataError
 
@@ -27,16 +26,15 @@ def find_csv_files(path: Path) -> list[Path]:
     return [path] if path.is_file() else sorted(path.glob("*.csv"))
 
 
-def read_csv(path: Path, root: Path, problems: ProblemLog, classes: list[str] | None = None):
-    """Returns (classes, raw images, raw boxes)."""
+def read_csv(path: Path, root: Path):
+    """Returns (classes, raw images, raw boxes). Bad rows are reported later, by ``finalize``."""
     files = find_csv_files(path)
     if not files:
         raise DataError(f"{path}: no CSV file found")
     frames = [_load(f, root) for f in files]
     df = pd.concat(frames, ignore_index=True)
     labels = df["label"].fillna("").astype(str).str.strip()
-    if classes is None:
-        classes = sorted(set(labels[labels != ""]))
+    classes = sorted(set(labels[labels != ""]))
     images = df.drop_duplicates("image")
     img = {
         "key": images["image"].tolist(),

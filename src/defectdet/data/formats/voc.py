@@ -26,16 +26,15 @@ def find_xml_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.xml") if p.is_file())
 
 
-def read_voc(root: Path, problems: ProblemLog, classes: list[str] | None = None):
+def read_voc(root: Path, problems: ProblemLog):
     """Returns (classes, raw images, raw boxes)."""
     xmls = find_xml_files(root)
     if not xmls:
         raise DataError(f"{root}: no VOC XML files found")
     index = _ImageIndex(root)
     splits = _splits(root)
-    records = [r for x in xmls if (r := _parse(x, root, problems)) is not None]
-    if classes is None:
-        classes = sorted({name for rec in records for name, *_ in rec["objects"]})
+    records = [r for x in xmls if (r := _parse(x, problems)) is not None]
+    classes = sorted({name for rec in records for name, *_ in rec["objects"]})
     class_id = {n: i for i, n in enumerate(classes)}
     imgs: dict[str, list] = defaultdict(list)
     boxes: dict[str, list] = defaultdict(list)
@@ -80,7 +79,7 @@ def _append(cols: dict[str, list], **values) -> None:
         cols[k].append(v)
 
 
-def _parse(xml: Path, root: Path, problems: ProblemLog) -> dict | None:
+def _parse(xml: Path, problems: ProblemLog) -> dict | None:
     try:
         tree = SafeET.parse(xml, forbid_dtd=False, forbid_entities=True, forbid_external=True)
     except DefusedXmlException as exc:

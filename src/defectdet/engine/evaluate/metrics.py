@@ -13,60 +13,122 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
 from defectdet.data.catalog import Catalog
+from defectdet.engine.inference.run import Detections
+
+IMAGE_LEVEL_KEYS = (
+    "defect_recall",
+    "false_alarm_rate",
+    "balanced_accuracy",
+    "accuracy",
+    "auroc",
+)
+"""Image-level figures kept per epoch in ``metrics.csv``."""
 
 
 @dataclass
-class Detections:
-    """Predictions for one image: boxes (N, 4) xyxy in original pixels, scores (N,), labels (N,)
-    0-based class ids."""
+class ClassMetrics:
+    name: str
+    instances: int
+    ap: float | None
+    ap50: float | None
+    precision: float | None  # at the class's threshold, IoU 0.5
+    recall: float | None
+    threshold: float
 
-    image_id: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
+
+@dataclass
+class MetricsResult:
+    """Every figure of one evaluation: what ``evaluate`` prints and writes, what a row of
+    ``metrics.csv`` holds (:meth:`flat`) and what ``compare`` tabulates.
+
+    ``image_truth`` / ``image_score`` (per image: has a defect; best detection score) are kept
+    for operating-point questions such as :meth:`recall_at_false_alarm`.
+    """
+
+    map: float | None
+    map50: float | None
+    mean_class_ap50: float | None
+    classes: list[ClassMetrics]
+    confusion_matrix: list[list[int]]
+    confusion_labels: list[str]
+    image_level: dict[str, Any]
+    pr_curves: dict[str, Any]
+    image_truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    image_score: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``evaluate --json``)."""
+        out = {
+            k: getattr(self, k)
+            for k in ("map", "map50", "mean_class_ap50", "confusion_matrix", "confusion_labels")
+        }
+        out["classes"] = [asdict(c) for c in self.classes]
+        out["image_level"] = dict(self.image_level)
+        out["thresholds"] = {c.name: c.threshold for c in self.classes}
+        return out
+
+    def flat(self) -> dict[str, Any]:
+        """One ``metrics.csv`` row's validation columns (per-class AP50 as ``ap50_<class>``)."""
+        row: dict[str, Any] = {"map": self.map, "map50": self.map50}
+        row["mean_class_ap50"] = self.mean_class_ap50
+        row |= {f"ap50_{c.name}": c.ap50 for c in self.classes}
+        row |= {k: self.image_level.get(k) for k in IMAGE_LEVEL_KEYS}
+        return row
+
+    def recall_at_false_alarm(self, far: float) -> float | None:
+        """Image-level defect recall at the loosest threshold with false-alarm rate ≤ ``far``."""
+        truth = self.image_truth
+        if not (truth.any() and (~truth).any()):
+            return None
+        return recall_at_false_alarm(truth, self.image_score, far)
 
 
 def evaluate_detections(
     catalog: Catalog,
     detections: list[Detections],
-    conf: float | dict[int, float] = 0.3,
+    thresholds: np.ndarray,
     iou: float = 0.5,
-) -> dict:
-    """All metrics for ``detections`` against ``catalog``'s boxes (a JSON-ready dict)."""
+) -> MetricsResult:
+    """All metrics for ``detections`` against ``catalog``'s boxes; ``thresholds`` (K,) decide
+    which boxes count for the confusion matrix, precision/recall and image verdicts."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
     coco = coco_metrics(catalog, detections)
-    cm = confusion_matrix(catalog, detections, conf, iou)
+    cm = confusion_matrix(catalog, detections, thresholds, iou)
     per_class = []
     for k, name in enumerate(catalog.classes):
         tp, gt, pred = cm[k, k], cm[k].sum(), cm[:, k].sum()
         per_class.append(
-            {
-                "name": name,
-                "instances": int(gt),
-                "ap": coco["ap"][k],
-                "ap50": coco["ap50"][k],
-                "precision": float(tp / pred) if pred else None,
-                "recall": float(tp / gt) if gt else None,
-            }
+            ClassMetrics(
+                name,
+                int(gt),
+                coco["ap"][k],
+                coco["ap50"][k],
+                float(tp / pred) if pred else None,
+                float(tp / gt) if gt else None,
+                float(thresholds[k]),
+            )
         )
-    return {
-        "map": coco["map"],
-        "map50": coco["map50"],
-        "mean_class_ap50": _nanmean(coco["ap50"]),
-        "classes": per_class,
-        "confusion_matrix": cm.tolist(),
-        "confusion_labels": [*catalog.classes, "background"],
-        "image_level": image_level_metrics(catalog, detections, conf),
-        "conf": conf
-        if isinstance(conf, float)
-        else {catalog.classes[k]: v for k, v in conf.items()},
-    }
+    truth, score, verdict = image_scores(catalog, detections, thresholds)
+    return MetricsResult(
+        map=coco["map"],
+        map50=coco["map50"],
+        mean_class_ap50=_nanmean(coco["ap50"]),
+        classes=per_class,
+        confusion_matrix=cm.tolist(),
+        confusion_labels=[*catalog.classes, "background"],
+        image_level=image_level_metrics(truth, score, verdict),
+        pr_curves=coco["pr_curves"],
+        image_truth=truth,
+        image_score=score,
+    )
 
 
 def _nanmean(values: list[float | None]) -> float | None:
@@ -76,15 +138,18 @@ def _nanmean(values: list[float | None]) -> float | None:
 
 # ---------------------------------------------------------------------------- COCO
 def coco_metrics(catalog: Catalog, detections: list[Detections]) -> dict:
-    """mAP, mAP50 and per-class AP/AP50 (None where a class has no ground truth)."""
+    """mAP, mAP50, per-class AP/AP50 (None where a class has no ground truth) and per-class
+    PR curves at IoU 0.5, from one COCOeval run.
+
+    The curves are ``precision[0, :, k, 0, -1]`` of COCOeval at its 101 recall points (-1 where
+    a recall level is never reached; None: no ground truth or no detections).
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     k = catalog.num_classes
-    gt = COCO()
-    gt.dataset = catalog.to_coco()
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
+    recall = np.linspace(0.0, 1.0, 101).round(2).tolist()
+    curves: dict[str, list[float] | None] = dict.fromkeys(catalog.classes)
     results = to_coco_results(detections)
     if not results or not len(catalog.boxes):
         return {
@@ -92,22 +157,32 @@ def coco_metrics(catalog: Catalog, detections: list[Detections]) -> dict:
             "map50": 0.0 if len(catalog.boxes) else None,
             "ap": [_zero_or_none(catalog, c) for c in range(k)],
             "ap50": [_zero_or_none(catalog, c) for c in range(k)],
+            "pr_curves": {"recall": recall, "precision": curves},
         }
+    gt = COCO()
+    gt.dataset = catalog.to_coco()
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, "bbox")
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(results), "bbox")
         ev.params.maxDets = [1, 10, max(100, _max_dets(detections))]
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     precision = ev.eval["precision"]  # (T iou thresholds, R recall points, K, A areas, M maxDets)
     ap, ap50 = [], []
-    for c in range(k):
+    for c, name in enumerate(catalog.classes):
         p_all = precision[:, :, c, 0, -1]
         p50 = precision[0, :, c, 0, -1]
         ap.append(float(p_all[p_all > -1].mean()) if (p_all > -1).any() else None)
         ap50.append(float(p50[p50 > -1].mean()) if (p50 > -1).any() else None)
-    return {"map": float(ev.stats[0]), "map50": float(ev.stats[1]), "ap": ap, "ap50": ap50}
+        curves[name] = p50.round(4).tolist() if (p50 > -1).any() else None
+    return {
+        "map": float(ev.stats[0]),
+        "map50": float(ev.stats[1]),
+        "ap": ap,
+        "ap50": ap50,
+        "pr_curves": {"recall": recall, "precision": curves},
+    }
 
 
 def _zero_or_none(catalog: Catalog, c: int) -> float | None:
@@ -137,15 +212,8 @@ def to_coco_results(detections: list[Detections]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- confusion
-def thresholds_for(conf: float | dict[int, float], labels: np.ndarray) -> np.ndarray:
-    """Per-detection score threshold (a global one, or per class with a 0.3 fallback)."""
-    if isinstance(conf, dict):
-        return np.array([conf.get(int(c), 0.3) for c in labels], dtype=float)
-    return np.full(len(labels), float(conf))
-
-
 def confusion_matrix(
-    catalog: Catalog, detections: list[Detections], conf: float | dict[int, float], iou: float
+    catalog: Catalog, detections: list[Detections], thresholds: np.ndarray, iou: float
 ) -> np.ndarray:
     """(K+1, K+1) counts: rows are truth, columns predictions; index K is background."""
     k = catalog.num_classes
@@ -155,7 +223,7 @@ def confusion_matrix(
     for image_id in catalog.images["image_id"].tolist():
         gt = gts.get(int(image_id), np.zeros((0, 5)))
         d = by_image.get(int(image_id))
-        keep = d.scores >= thresholds_for(conf, d.labels) if d is not None else np.zeros(0, bool)
+        keep = d.passed(thresholds) if d is not None else np.zeros(0, bool)
         pb = d.boxes[keep] if d is not None else np.zeros((0, 4))
         pl = d.labels[keep].astype(int) if d is not None else np.zeros(0, int)
         _accumulate(cm, gt, pb, pl, iou, k)
@@ -185,9 +253,9 @@ def _accumulate(
 
 # ---------------------------------------------------------------------------- image level
 def image_scores(
-    catalog: Catalog, detections: list[Detections], conf: float | dict[int, float]
+    catalog: Catalog, detections: list[Detections], thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image (catalogue order): truth (has a defect), max score, verdict (defect at conf)."""
+    """Per image (catalogue order): truth (has a defect), max score, verdict (any box passes)."""
     by_image = {d.image_id: d for d in detections}
     ids = catalog.images["image_id"].to_numpy()
     truth = ~catalog.background_mask()
@@ -197,17 +265,14 @@ def image_scores(
         d = by_image.get(int(image_id))
         if d is not None and len(d.scores):
             score[i] = float(d.scores.max())
-            verdict[i] = bool((d.scores >= thresholds_for(conf, d.labels)).any())
+            verdict[i] = bool(d.passed(thresholds).any())
     return truth, score, verdict
 
 
-def image_level_metrics(
-    catalog: Catalog, detections: list[Detections], conf: float | dict[int, float]
-) -> dict:
+def image_level_metrics(truth: np.ndarray, score: np.ndarray, verdict: np.ndarray) -> dict:
     """Defect-vs-ok figures; plain accuracy next to balanced accuracy and the always-ok line."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    truth, score, verdict = image_scores(catalog, detections, conf)
     pos, neg = truth.sum(), (~truth).sum()
     recall = float((verdict & truth).sum() / pos) if pos else None
     false_alarm = float((verdict & ~truth).sum() / neg) if neg else None
@@ -233,34 +298,3 @@ def recall_at_false_alarm(truth: np.ndarray, score: np.ndarray, far: float) -> f
     fpr, tpr, _ = roc_curve(truth, score)
     ok = fpr <= far + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
-
-
-# ---------------------------------------------------------------------------- PR curves
-def pr_curves(catalog: Catalog, detections: list[Detections]) -> dict:
-    """Per-class precision at COCO's 101 recall points, IoU 0.5, all areas, most detections
-    (``precision[0, :, k, 0, -1]`` of COCOeval; -1 where a recall level is never reached).
-
-    Returns ``{"recall": [101 floats], "precision": {class name: [101 floats] or None}}``
-    (None: the class has no ground truth or there are no detections).
-    """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    recall = np.linspace(0.0, 1.0, 101).round(2).tolist()
-    curves: dict[str, list[float] | None] = dict.fromkeys(catalog.classes)
-    results = to_coco_results(detections)
-    if not results or not len(catalog.boxes):
-        return {"recall": recall, "precision": curves}
-    gt = COCO()
-    gt.dataset = catalog.to_coco()
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-        ev = COCOeval(gt, gt.loadRes(results), "bbox")
-        ev.params.maxDets = [1, 10, max(100, _max_dets(detections))]
-        ev.evaluate()
-        ev.accumulate()
-    precision = ev.eval["precision"]
-    for k, name in enumerate(catalog.classes):
-        p = precision[0, :, k, 0, -1]
-        curves[name] = p.round(4).tolist() if (p > -1).any() else None
-    return {"recall": recall, "precision": curves}

@@ -1,4 +1,8 @@
-"""Classification and box losses for RetinaNet, normalised over the whole batch.
+"""The training criterion of RetinaNet: named loss terms (``classification``,
+``bbox_regression``), a registry of classification losses, and the batch normaliser.
+
+A new classification loss is one function registered under its name
+(:func:`register_loss`); ``--loss NAME`` then selects it, and the config accepts the name.
 
 torchvision's ``RetinaNetClassificationHead`` hard-codes ``sigmoid_focal_loss(alpha=0.25,
 gamma=2)`` and divides each image's loss by ``max(1, that image's foreground anchors)``: a
@@ -10,7 +14,7 @@ detectron2 does), so every anchor counts the same whichever image it is in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -18,8 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import generalized_box_iou_loss, misc
+from torchvision.ops import generalized_box_iou_loss
 
 from defectdet.config import LossConfig
 from defectdet.errors import ConfigError
@@ -124,66 +127,79 @@ class LossNormalizer(nn.Module):
         return f"mode={self.mode}, momentum={self.momentum}"
 
 
-def _set_convs(branch: nn.Module, channels: int, num_convs: int, norm_layer) -> None:
-    """Replace torchvision's fixed 4 head convs with ``num_convs`` (same init: N(0, 0.01), 0)."""
-    if num_convs == len(branch.conv):
-        return
-    branch.conv = nn.Sequential(
-        *(
-            misc.Conv2dNormActivation(channels, channels, norm_layer=norm_layer)
-            for _ in range(num_convs)
-        )
-    )
-    for layer in branch.conv.modules():
-        if isinstance(layer, nn.Conv2d):
-            nn.init.normal_(layer.weight, std=0.01)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
+# ---------------------------------------------------------------------------- registry
+ClassificationLoss = Callable[[Tensor, Tensor, LossConfig], Tensor]
+"""``(logits, targets, cfg) -> elementwise loss``: logits and 0/1 targets (B, A, K), fp32."""
+
+CLASSIFICATION_LOSSES: dict[str, ClassificationLoss] = {}
 
 
-class DefectRetinaNetHead(RetinaNetHead):
-    """``RetinaNetHead`` with a configurable depth, classification loss and loss normaliser.
+def register_loss(name: str) -> Callable[[ClassificationLoss], ClassificationLoss]:
+    """Register a classification loss under ``name`` (the value of ``--loss``)."""
 
-    The branches stay torchvision's classes (state-dict keys unchanged, so torchvision's COCO
-    weights load); only ``compute_loss`` is replaced, computed for the whole batch at once.
+    def add(fn: ClassificationLoss) -> ClassificationLoss:
+        CLASSIFICATION_LOSSES[name] = fn
+        return fn
+
+    return add
+
+
+@register_loss("focal")
+def _focal(logits: Tensor, targets: Tensor, cfg: LossConfig) -> Tensor:
+    """FL(p_t) = -α_t (1 - p_t)^γ log(p_t) with ``--gamma`` and ``--alpha``."""
+    return focal_loss(logits, targets, cfg.gamma, cfg.alpha, reduction="none")
+
+
+@register_loss("ce")
+def _cross_entropy(logits: Tensor, targets: Tensor, cfg: LossConfig) -> Tensor:
+    """Plain sigmoid cross-entropy (the paper's baseline): no focusing, no α."""
+    return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+
+
+# ---------------------------------------------------------------------------- criterion
+class Criterion(nn.Module):
+    """RetinaNet's losses for a batch, each divided by the batch's normaliser.
 
     Args:
-        in_channels: FPN width.
-        num_anchors: anchors per location.
-        num_classes: K defect classes (no background).
-        num_convs: conv layers per branch (torchvision: 4).
-        norm_layer: e.g. ``partial(nn.GroupNorm, 32)`` for the v2 head; None = no norm.
-        loss: loss settings; ``None`` = defaults (focal 0.25/2, batch normalisation).
-        box_loss: "l1" (torchvision v1), "smooth_l1" or "giou" (v2).
+        cfg: the loss options (``loss`` picks the classification loss from the registry).
+        class_weights: (K,) multiplies every class-k term, positive and negative; None = 1.
+
+    Called by the head (:class:`~defectdet.model.build.DefectRetinaNetHead`) in training mode.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        num_anchors: int,
-        num_classes: int,
-        num_convs: int = 4,
-        norm_layer=None,
-        loss: LossConfig | None = None,
-        box_loss: BoxLoss = "l1",
-    ) -> None:
-        super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
-        for branch in (self.classification_head, self.regression_head):
-            _set_convs(branch, in_channels, num_convs, norm_layer)
-        self.regression_head._loss_type = box_loss
-        loss = loss or LossConfig()
-        self.gamma, self.alpha = _focal_params(loss)
-        weights = _class_weights(loss.class_weight_values, num_classes)
-        # Derived from the config, so not saved: checkpoints stay loadable under other weights.
+    def __init__(self, cfg: LossConfig | None = None, class_weights: Sequence[float] | None = None):
+        super().__init__()
+        cfg = cfg or LossConfig()
+        if cfg.loss not in CLASSIFICATION_LOSSES:
+            raise ConfigError(
+                f"--loss {cfg.loss!r} is not one of {', '.join(CLASSIFICATION_LOSSES)}"
+            )
+        self.cfg = cfg
+        self.classification = CLASSIFICATION_LOSSES[cfg.loss]
+        weights = None
+        if class_weights is not None and len(class_weights):
+            if any(not w >= 0 for w in class_weights):
+                raise ConfigError(f"class weights must be >= 0, got {list(class_weights)}")
+            weights = torch.tensor([float(w) for w in class_weights], dtype=torch.float32)
+        # Derived from the data, so not saved: checkpoints stay loadable under other weights.
         self.register_buffer("class_weights", weights, persistent=False)
-        self.normalizer = LossNormalizer(loss.normalizer)
+        self.normalizer = LossNormalizer(cfg.normalizer)
 
-    def compute_loss(
+    def check_classes(self, num_classes: int) -> None:
+        if self.class_weights is not None and len(self.class_weights) != num_classes:
+            raise ConfigError(
+                f"{len(self.class_weights)} class weights given for {num_classes} classes; "
+                "give one per class"
+            )
+
+    def forward(
         self,
         targets: list[dict[str, Tensor]],
         head_outputs: dict[str, Tensor],
         anchors: list[Tensor],
         matched_idxs: list[Tensor],
+        box_coder: det_utils.BoxCoder,
+        box_loss: BoxLoss = "l1",
     ) -> dict[str, Tensor]:
         """Batch-normalised losses.
 
@@ -192,6 +208,8 @@ class DefectRetinaNetHead(RetinaNetHead):
             head_outputs: ``cls_logits`` (B, A, K) and ``bbox_regression`` (B, A, 4).
             anchors: B tensors (A, 4).
             matched_idxs: B tensors (A,): matched box index, -1 background, -2 ignored.
+            box_coder: encodes/decodes box regressions against anchors.
+            box_loss: "l1" (torchvision v1), "smooth_l1" or "giou" (v2).
 
         Returns:
             ``classification`` and ``bbox_regression`` scalars.
@@ -209,11 +227,13 @@ class DefectRetinaNetHead(RetinaNetHead):
         cls = self._classification_loss(
             head_outputs["cls_logits"], matched, img_idx, anchor_idx, labels, weights
         )
-        box = self._box_loss(
-            head_outputs["bbox_regression"][img_idx, anchor_idx],
+        box = _box_loss(
+            head_outputs["bbox_regression"][img_idx, anchor_idx].float(),
             torch.stack(anchors)[img_idx, anchor_idx],
             boxes,
             weights[img_idx],
+            box_coder,
+            box_loss,
         )
         return {"classification": cls, "bbox_regression": box}
 
@@ -229,53 +249,31 @@ class DefectRetinaNetHead(RetinaNetHead):
         logits = cls_logits.float()  # loss in fp32 under autocast; no copy otherwise
         target = torch.zeros_like(logits)
         target[img_idx, anchor_idx, labels] = 1.0
-        loss = focal_loss(
-            logits, target, self.gamma, self.alpha, self.class_weights, reduction="none"
-        )
+        loss = self.classification(logits, target, self.cfg)
+        if self.class_weights is not None:
+            loss = loss * self.class_weights
         # Anchors between the IoU thresholds are ignored: masking beats gathering a copy.
         valid = matched != det_utils.Matcher.BETWEEN_THRESHOLDS
         per_image = (loss.sum(dim=2) * valid).sum(dim=1)  # (B,)
         return (per_image * weights).sum()
 
-    def _box_loss(
-        self, regression: Tensor, anchors: Tensor, boxes: Tensor, weights: Tensor
-    ) -> Tensor:
-        """Foreground anchors: regression (F, 4), anchors (F, 4), boxes (F, 4), weights (F,)."""
-        regression = regression.float()
-        coder = self.regression_head.box_coder
-        kind = self.regression_head._loss_type
-        if kind == "giou":
-            pred = coder.decode_single(regression, anchors)
-            per_anchor = generalized_box_iou_loss(pred, boxes, reduction="none", eps=1e-7)
+
+def _box_loss(
+    regression: Tensor,
+    anchors: Tensor,
+    boxes: Tensor,
+    weights: Tensor,
+    coder: det_utils.BoxCoder,
+    kind: BoxLoss,
+) -> Tensor:
+    """Foreground anchors: regression (F, 4), anchors (F, 4), boxes (F, 4), weights (F,)."""
+    if kind == "giou":
+        pred = coder.decode_single(regression, anchors)
+        per_anchor = generalized_box_iou_loss(pred, boxes, reduction="none", eps=1e-7)
+    else:
+        target = coder.encode_single(boxes, anchors)
+        if kind == "l1":
+            per_anchor = F.l1_loss(regression, target, reduction="none").sum(dim=1)
         else:
-            target = coder.encode_single(boxes, anchors)
-            if kind == "l1":
-                per_anchor = F.l1_loss(regression, target, reduction="none").sum(dim=1)
-            else:
-                per_anchor = F.smooth_l1_loss(regression, target, reduction="none").sum(dim=1)
-        return (per_anchor * weights).sum()
-
-
-def _focal_params(loss: LossConfig) -> tuple[float, float]:
-    """(gamma, alpha) for the configured loss; ``ce`` is plain sigmoid BCE."""
-    if loss.loss == "ce":
-        return 0.0, -1.0
-    if loss.loss != "focal":
-        raise ConfigError(f"loss must be focal|ce, not {loss.loss!r}")
-    if loss.gamma < 0:
-        raise ConfigError(f"focal gamma must be >= 0, got {loss.gamma}")
-    if loss.alpha > 1:
-        raise ConfigError(f"focal alpha must be <= 1 (negative disables it), got {loss.alpha}")
-    return float(loss.gamma), float(loss.alpha)
-
-
-def _class_weights(values: Sequence[float], num_classes: int) -> Tensor | None:
-    if not values:
-        return None
-    if len(values) != num_classes:
-        raise ConfigError(
-            f"{len(values)} class weights given for {num_classes} classes; give one per class"
-        )
-    if any(not v >= 0 for v in values):
-        raise ConfigError(f"class weights must be >= 0, got {list(values)}")
-    return torch.tensor([float(v) for v in values], dtype=torch.float32)
+            per_anchor = F.smooth_l1_loss(regression, target, reduction="none").sum(dim=1)
+    return (per_anchor * weights).sum()

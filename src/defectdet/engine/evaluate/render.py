@@ -1,18 +1,10 @@
-"""``defectdet evaluate``: score a checkpoint on a dataset split, show it per class and per image,
-and plot PR curves and the confusion matrix.
-
-The numbers come from :func:`~defectdet.engine.evaluate.detect_catalog` and
-:func:`~defectdet.engine.metrics.evaluate_detections` (the same code that validates during
-training); this module picks the split, lines up the model's classes with the data's, and
-renders. Image-level balanced accuracy is printed next to plain accuracy and the "always ok"
-baseline: on a line where 95 % of parts are fine, 95 % accuracy can mean a detector that never
-fires.
+"""How ``evaluate`` shows a :class:`~defectdet.engine.evaluate.metrics.MetricsResult`: per-class
+table, summary, image-level block (balanced accuracy beside plain accuracy and the always-"ok"
+baseline) and confusion matrix on the console; PR curves and the confusion matrix as PNGs.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,110 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from defectdet.console import warn
-from defectdet.data.catalog import Catalog
-from defectdet.engine.metrics import Detections, evaluate_detections, pr_curves
-from defectdet.engine.predict import class_thresholds, parse_class_conf
-from defectdet.errors import ConfigError
 from defectdet.io import atomic_open, ensure_dir
-
-EVAL_SPLITS = ("val", "valid", "validation", "test")
-
-
-@dataclass
-class EvaluateOptions:
-    """``evaluate`` options besides DATA (CLI defaults)."""
-
-    weights: Path
-    split: str | None = None  # None = val/test when present, else all images; "all" = all
-    conf: float = 0.25
-    class_conf: str | dict[str, float] | None = None
-    iou: float = 0.5  # NMS IoU
-    batch_size: int = 8
-    workers: int = 2
-    device: str = "auto"
-    backend: str = "torch"  # or "onnxruntime" with an exported .onnx file as weights
-    half: bool = False  # fp16 inference, torch backend on CUDA
-
-
-def choose_split(catalog: Catalog, split: str | None) -> tuple[Catalog, str]:
-    """The catalogue part to evaluate on, and its name."""
-    present = catalog.splits()
-    if split == "all" or (split is None and not set(EVAL_SPLITS) & set(present)):
-        return catalog, "all"
-    if split is None:
-        split = next(s for s in EVAL_SPLITS if s in present)
-    if split not in present:
-        have = ", ".join(present) if present else "none (use --split all)"
-        raise ConfigError(f"--split {split!r} is not in the data; splits: {have}")
-    return catalog.split_subset(split), split
-
-
-def class_mapping(model_classes: list[str], data_classes: list[str]) -> np.ndarray:
-    """(K_model,) index of each model class in the data's class list.
-
-    Raises:
-        ConfigError: a model class the data does not have (another dataset?).
-    """
-    missing = [c for c in model_classes if c not in data_classes]
-    if missing:
-        raise ConfigError(
-            f"the model's classes ({', '.join(model_classes)}) do not match the data's "
-            f"({', '.join(data_classes)}): {', '.join(missing)} missing from the data"
-        )
-    unknown = [c for c in data_classes if c not in model_classes]
-    if unknown:
-        warn(f"the model was not trained on {', '.join(unknown)}: those classes score 0")
-    return np.array([data_classes.index(c) for c in model_classes], dtype=np.int64)
-
-
-def evaluate_checkpoint(catalog: Catalog, opts: EvaluateOptions, data_name: str = "") -> dict:
-    """Run the checkpoint over the chosen split and return the full report (JSON-ready)."""
-    from defectdet.engine.backends import load_detector
-    from defectdet.engine.evaluate import detect_catalog
-    from defectdet.model import resolve_device
-
-    if not 0 <= opts.conf <= 1 or not 0 < opts.iou <= 1:
-        raise ConfigError("--conf must be in [0, 1] and --iou in (0, 1]")
-    device = resolve_device(opts.device)
-    part, split = choose_split(catalog, opts.split)
-    detector = load_detector(opts.weights, opts.backend, device, opts.half)
-    names = detector.class_names
-    mapping = class_mapping(names, part.classes)
-    per_class = parse_class_conf(opts.class_conf, names)
-    thr_model = class_thresholds(opts.conf, per_class, len(names))
-    # Low-scoring detections still count for AP; the thresholds apply to the rest.
-    low = float(min(detector.settings.score_thresh, thr_model.min()))
-    detector.configure(replace(detector.settings, score_thresh=low, nms_thresh=opts.iou))
-    t0 = time.perf_counter()
-    dets = detect_catalog(
-        detector, part, detector.image_size, batch_size=opts.batch_size, workers=opts.workers
-    )
-    dets = [Detections(d.image_id, d.boxes, d.scores, mapping[d.labels]) for d in dets]
-    conf: float | dict[int, float] = float(opts.conf)
-    if per_class:
-        conf = {int(mapping[k]): float(t) for k, t in enumerate(thr_model)}
-        conf |= {k: float(opts.conf) for k in range(part.num_classes) if k not in conf}
-    metrics = evaluate_detections(part, dets, conf)
-    return {
-        "weights": str(opts.weights),
-        "backend": opts.backend,
-        "data": data_name,
-        "split": split,
-        "images": part.num_images,
-        "classes": part.classes,
-        "thresholds": _threshold_map(conf, part.classes),
-        "nms_iou": opts.iou,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "metrics": metrics,
-        "pr_curves": pr_curves(part, dets),
-    }
-
-
-def _threshold_map(conf: float | dict[int, float], classes: list[str]) -> dict[str, float]:
-    if isinstance(conf, dict):
-        return {c: conf[k] for k, c in enumerate(classes)}
-    return dict.fromkeys(classes, conf)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -163,7 +52,7 @@ def _class_table(report: dict) -> Table:
             _f(c["ap50"]),
             _f(c["precision"]),
             _f(c["recall"]),
-            f"{report['thresholds'][c['name']]:g}",
+            f"{c['threshold']:g}",
         )
     return t
 

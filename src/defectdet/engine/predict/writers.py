@@ -10,7 +10,9 @@ Files in the output folder:
   the highest score of that class among all detections the model returned, below the threshold
   too (empty when none), for choosing thresholds later.
 - ``predictions.json``: COCO results (image_id, category_id 1..K, bbox xywh, score) plus
-  ``file_name`` and ``class_name``; built at the end from ``predictions.jsonl``, which is
+  ``file_name``, ``class_name`` and ``above_threshold``: every detection the model returned
+  (down to the AP floor), unrounded, so pycocotools scores it exactly as ``evaluate`` does;
+  built at the end from ``predictions.jsonl``, which is
   appended per batch and removed once the JSON is complete.
 - ``images/``: with ``--save-images``, copies with the boxes drawn.
 """
@@ -26,6 +28,7 @@ from typing import IO
 import cv2
 import numpy as np
 
+from defectdet.engine.inference.run import Detections
 from defectdet.io import atomic_open, ensure_dir
 
 RESULT_FILES = ("predictions.csv", "images.csv", "predictions.json", "predictions.jsonl")
@@ -98,43 +101,45 @@ class PredictionWriter:
         name: str,
         width: int,
         height: int,
-        det: dict[str, np.ndarray],
+        det: Detections,
         keep: np.ndarray,
         image: np.ndarray | None = None,
     ) -> None:
-        """One image. ``det``: ``boxes`` (N, 4) original pixels, ``scores`` (N,), ``labels``
-        (N,); ``keep`` (N,) bool: passes its class threshold."""
-        boxes = np.round(det["boxes"][keep].astype(np.float64), 2)
-        scores = np.round(det["scores"][keep].astype(np.float64), 5)
-        labels = det["labels"][keep].astype(np.int64)
-        for (x1, y1, x2, y2), s, c in zip(
-            boxes.tolist(), scores.tolist(), labels.tolist(), strict=True
+        """One image: ``det`` in original pixels; ``keep`` (N,) bool: passes its class
+        threshold. Kept boxes go to the CSV; every detection to the JSON (for scoring)."""
+        for i, ((x1, y1, x2, y2), s, c) in enumerate(
+            zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), strict=True)
         ):
             cls = self.class_names[c]
-            self._boxes.writerow([name, cls, s, x1, y1, x2, y2])
+            if keep[i]:
+                box = [round(v, 2) for v in (x1, y1, x2, y2)]
+                self._boxes.writerow([name, cls, round(s, 5), *box])
             rec = {
                 "image_id": image_id,
                 "category_id": c + 1,
-                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "score": s,
                 "file_name": name,
                 "class_name": cls,
+                "above_threshold": bool(keep[i]),
             }
             self._jsonl.write(json.dumps(rec) + "\n")
-        maxes = _max_per_class(det["scores"], det["labels"], len(self.class_names))
-        verdict = "defect" if len(labels) else "ok"
+        maxes = _max_per_class(det.scores, det.labels, len(self.class_names))
+        n_kept = int(keep.sum())
         self._images.writerow(
             [
                 name,
                 width,
                 height,
-                verdict,
-                len(labels),
+                "defect" if n_kept else "ok",
+                n_kept,
                 *("" if m is None else round(m, 5) for m in maxes),
             ]
         )
         if self.images_dir is not None and image is not None:
-            self._save_image(name, image, boxes, scores, labels)
+            self._save_image(
+                name, image, det.boxes[keep], det.scores[keep], det.labels[keep].astype(np.int64)
+            )
 
     def flush(self) -> None:
         """Push rows to the OS (after each batch): a crash later loses nothing written here."""

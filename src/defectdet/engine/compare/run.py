@@ -9,8 +9,6 @@ dashes and underscores are the same). Each variant is an ordinary run folder und
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from defectdet.config import TrainConfig, load_yaml, override
+from defectdet.config import TrainConfig, apply, load_yaml, options, validate
+from defectdet.config.values import parse_pairs
 from defectdet.console import err, out
 from defectdet.errors import ConfigError, DefectdetError
 from defectdet.io import atomic_open, write_text
@@ -50,42 +49,35 @@ class ClassCount:
 
 @dataclass
 class Variant:
+    """A named set of train options (flat names, as on the command line without ``--``)."""
+
     name: str
     updates: dict[str, Any]
 
 
-def option_keys() -> dict[str, str]:
-    """Every train option's short name → ``section.key`` (names are unique across sections)."""
-    keys, defaults = {}, TrainConfig()
-    for section in dataclasses.fields(defaults):
-        for f in dataclasses.fields(getattr(defaults, section.name)):
-            keys[f.name] = f"{section.name}.{f.name}"
-    keys["preset"] = keys["augment"] = "augment.preset"
-    return keys
+def parse_variant(text: str) -> Variant:
+    """``"loss=focal,gamma=2"`` → Variant with ``{"loss": "focal", "gamma": 2}`` (values are
+    read as YAML scalars)."""
+    try:
+        pairs = parse_pairs(text, f"variant {text!r}", "VALUE")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    values = {k: yaml.safe_load(v) if v else "" for k, v in pairs}
+    return Variant(text.strip(), _updates(values, f"variant {text!r}"))
 
 
-def parse_variant(text: str, keys: dict[str, str] | None = None) -> Variant:
-    """``"loss=focal,gamma=2"`` → Variant with ``{"loss.loss": "focal", "loss.gamma": 2}``."""
-    pairs = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ConfigError(f"variant {text!r}: {part!r} is not key=value")
-        pairs[key] = yaml.safe_load(value) if value.strip() else ""
-    return Variant(text.strip(), _updates(pairs, keys or option_keys(), f"variant {text!r}"))
-
-
-def _updates(pairs: dict[str, Any], keys: dict[str, str], where: str) -> dict[str, Any]:
-    """Short option names → dotted config keys; unknown names are an error."""
+def _updates(pairs: dict[str, Any], where: str) -> dict[str, Any]:
+    """Option names checked against the schema (dashes and underscores are the same)."""
+    table = options(TrainConfig)
     updates = {}
     for key, value in pairs.items():
         name = str(key).strip().replace("-", "_")
-        if name not in keys:
+        if name not in table or name == "path":
             raise ConfigError(
                 f"{where}: {key!r} is not a train option (e.g. loss, gamma, alpha, "
                 "class_weights, sampler, background_fraction, copy_paste)"
             )
-        updates[keys[name]] = value
+        updates[name] = value
     if not updates:
         raise ConfigError(f"{where}: empty; give e.g. 'loss=ce'")
     return updates
@@ -95,16 +87,15 @@ def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Variant]]:
     """A YAML grid: ``base:`` (train options, flat ``key: value``) and ``variants:`` (a list of
     ``key=value,...`` strings, or a mapping name → {key: value})."""
     data = load_yaml(path)
-    keys = option_keys()
-    base = _updates(data.get("base") or {"seed": 0}, keys, f"{path}: base")
+    base = _updates(data.get("base") or {"seed": 0}, f"{path}: base")
     raw = data.get("variants") or []
     if isinstance(raw, dict):
         variants = [
-            Variant(str(name), _updates(opts or {}, keys, f"{path}: {name}"))
+            Variant(str(name), _updates(opts or {}, f"{path}: {name}"))
             for name, opts in raw.items()
         ]
     elif isinstance(raw, list):
-        variants = [parse_variant(str(v), keys) for v in raw]
+        variants = [parse_variant(str(v)) for v in raw]
     else:
         raise ConfigError(f"{path}: 'variants' must be a list or a mapping")
     return base, variants
@@ -114,20 +105,34 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name.replace(",", "+")).strip("_") or "variant"
 
 
-def run_compare(
-    base: TrainConfig, variants: list[Variant], study_dir: Path, far: float = 0.05
-) -> pd.DataFrame:
-    """Train (or resume, or skip) every variant, evaluate its best.pt, write the table."""
+def variant_configs(
+    base: TrainConfig, variants: list[Variant], study_dir: Path
+) -> list[tuple[Variant, str, TrainConfig]]:
+    """Each variant's validated config (all checked before anything trains)."""
     if not variants:
         raise ConfigError("no variants to compare; pass --runs or --grid")
     names = [slug(v.name) for v in variants]
     if len(set(names)) != len(names):
         raise ConfigError("two variants have the same name")
+    out = []
+    for variant, name in zip(variants, names, strict=True):
+        cfg = apply(base, variant.updates, f"variant {variant.name!r}")
+        cfg = apply(cfg, {"project": str(study_dir), "name": name, "exist_ok": True})
+        try:
+            validate(cfg)
+        except ConfigError as exc:
+            raise ConfigError(f"variant {variant.name!r}: {exc}") from None
+        out.append((variant, name, cfg))
+    return out
+
+
+def run_compare(
+    base: TrainConfig, variants: list[Variant], study_dir: Path, far: float = 0.05
+) -> pd.DataFrame:
+    """Train (or resume, or skip) every variant, evaluate its best.pt, write the table."""
     rows: list[dict[str, Any]] = []
     classes: list[ClassCount] = []
-    for variant, name in zip(variants, names, strict=True):
-        cfg = override(copy.deepcopy(base), variant.updates)
-        cfg.run.project, cfg.run.name, cfg.run.exist_ok = str(study_dir), name, True
+    for variant, name, cfg in variant_configs(base, variants, study_dir):
         out.rule(f"[bold]{variant.name}[/]")
         try:
             run_dir = _train_or_resume(cfg, study_dir / name)
@@ -143,7 +148,7 @@ def run_compare(
 
 
 def _train_or_resume(cfg: TrainConfig, run_dir: Path) -> Path:
-    from defectdet.engine.train import train
+    from defectdet.engine.train.loop import train
     from defectdet.model import load_checkpoint
 
     last = run_dir / "weights" / "last.pt"
@@ -152,55 +157,46 @@ def _train_or_resume(cfg: TrainConfig, run_dir: Path) -> Path:
         if state.get("finished"):
             out.print(f"already trained: {run_dir}")
             return run_dir
-        return train(TrainConfig(), resume=run_dir)
+        return train(resume=run_dir)
     return train(cfg)
 
 
 def _score(run_dir: Path, far: float) -> tuple[dict[str, Any], list[ClassCount]]:
     """Evaluate best.pt on the run's own validation split: the row's scores, and the classes
     (most frequent in train first) with their train and val instance counts."""
-
-    from defectdet.config import from_dict
-    from defectdet.engine.evaluate import evaluate_model
-    from defectdet.engine.metrics import image_scores, recall_at_false_alarm
-    from defectdet.engine.setup import load_run_data
-    from defectdet.model import load_checkpoint, model_from_checkpoint, resolve_device
+    from defectdet.config import train_config
+    from defectdet.engine.evaluate.score import score_catalog
+    from defectdet.engine.inference.detectors import TorchDetector
+    from defectdet.engine.train.setup import load_run_data
+    from defectdet.model import load_checkpoint, resolve_device
 
     ckpt = load_checkpoint(run_dir / "weights" / "best.pt")
-    cfg = from_dict(TrainConfig, ckpt["config"])
+    cfg = train_config(ckpt["config"], "config")
     data = load_run_data(cfg)
-    device = resolve_device(cfg.run.device)
-    model, mcfg = model_from_checkpoint(ckpt, device)
-    metrics, dets = evaluate_model(
-        model,
-        data.val,
-        mcfg.image_size,
-        device,
-        conf=cfg.run.conf,
-        batch_size=cfg.optim.batch_size,
-        workers=cfg.run.workers,
+    detector = TorchDetector.from_checkpoint(
+        run_dir / "weights" / "best.pt", resolve_device(cfg.run.device)
     )
+    rt = cfg.runtime()
+    metrics, _ = score_catalog(detector, data.val, cfg.infer, rt.batch_size, rt.workers)
     counts = data.train.instance_counts()
     order = sorted(range(len(counts)), key=lambda k: -counts[k])  # stable: ties keep class order
-    per_class = metrics["classes"]
-    rarest = next((k for k in reversed(order) if per_class[k]["ap50"] is not None), None)
-    truth, score, _ = image_scores(data.val, dets, cfg.run.conf)
-    both = truth.any() and (~truth).any()
+    per_class = metrics.classes
+    rarest = next((k for k in reversed(order) if per_class[k].ap50 is not None), None)
     history = pd.read_csv(run_dir / "metrics.csv")
     row = {
-        "map50": metrics["map50"],
-        "mean_class_ap50": metrics["mean_class_ap50"],
-        "rarest_ap50": None if rarest is None else per_class[rarest]["ap50"],
-        "recall_at_far": recall_at_false_alarm(truth, score, far) if both else None,
-        "auroc": metrics["image_level"]["auroc"],
+        "map50": metrics.map50,
+        "mean_class_ap50": metrics.mean_class_ap50,
+        "rarest_ap50": None if rarest is None else per_class[rarest].ap50,
+        "recall_at_far": metrics.recall_at_false_alarm(far),
+        "auroc": metrics.image_level["auroc"],
         "train_minutes": round(float(history["seconds"].sum()) / 60, 3),
         "best_epoch": int(ckpt.get("epoch", 0)),
         "rarest_class": None if rarest is None else data.train.classes[rarest],
-        "map": metrics["map"],
+        "map": metrics.map,
     }
     val_counts = data.val.instance_counts()
     classes = [ClassCount(data.train.classes[k], int(counts[k]), int(val_counts[k])) for k in order]
-    row |= {f"ap50_{c.name}": per_class[k]["ap50"] for c, k in zip(classes, order, strict=True)}
+    row |= {f"ap50_{c.name}": per_class[k].ap50 for c, k in zip(classes, order, strict=True)}
     return row, classes
 
 

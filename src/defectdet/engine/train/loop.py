@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from defectdet import __version__
-from defectdet.config import TrainConfig, from_dict
+from defectdet.config import TrainConfig, to_dict, to_yaml, train_config, validate
 from defectdet.console import err, out
 from defectdet.data.augment import (
     CopyPaste,
@@ -32,15 +32,18 @@ from defectdet.data.augment import (
 )
 from defectdet.data.dataset import DetectionDataset, make_loader, set_epoch
 from defectdet.data.sampling import EpochSampler
-from defectdet.engine import distributed as ddp
-from defectdet.engine.evaluate import amp_dtype, evaluate_model, to_model_input
-from defectdet.engine.history import History, flat_metrics
+from defectdet.engine.evaluate.metrics import MetricsResult
+from defectdet.engine.evaluate.score import score_catalog
+from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.progress import RateProgress, print_sampling
-from defectdet.engine.schedule import build_optimizer, build_scheduler
-from defectdet.engine.setup import load_run_data, new_run_dir, resolve_config
+from defectdet.engine.train import distributed as ddp
+from defectdet.engine.train.history import History
+from defectdet.engine.train.schedule import build_optimizer, build_scheduler
+from defectdet.engine.train.setup import Resolved, load_run_data, new_run_dir, resolve
 from defectdet.errors import CheckpointError, ConfigError, DefectdetError
 from defectdet.io import write_text
 from defectdet.model import (
+    Criterion,
     autocast_enabled,
     build_model,
     channels_last_enabled,
@@ -49,6 +52,9 @@ from defectdet.model import (
     resolve_device,
     save_checkpoint,
 )
+from defectdet.model.device import amp_dtype, to_model_input
+from defectdet.model.pretrained import load_initial_weights
+from defectdet.model.restore import training_state
 
 
 class TrainingDiverged(DefectdetError):
@@ -59,11 +65,20 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after a resumable checkpoint was saved."""
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> Path:
-    """Train (or resume) a run; returns the run folder."""
+def train(cfg: TrainConfig | None = None, resume: str | Path | None = None) -> Path:
+    """Train a run from ``cfg``, or resume the run at ``resume`` with its own saved config;
+    returns the run folder. Options are checked before any data is read."""
+    if resume is not None:
+        run_dir, ckpt = resume_checkpoint(resume)
+        cfg = ckpt["config"]
+    elif cfg is None:
+        raise ConfigError("train needs a config or a run to resume")
+    else:
+        validate(cfg)
+        ckpt = None
     info = ddp.init_distributed(cfg.run.device)
     try:
-        return Trainer(cfg, info, resume).fit()
+        return Trainer(cfg, info, (run_dir, ckpt) if ckpt is not None else None).fit()
     finally:
         ddp.cleanup(info)
 
@@ -76,20 +91,20 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
     ckpt = load_checkpoint(ckpt_path)
     if "optimizer" not in ckpt or "state" not in ckpt:
         raise CheckpointError(f"{ckpt_path} is not a resumable checkpoint (use last.pt)")
-    try:  # the run continues with the config it saved: it must still parse
-        ckpt["config"] = from_dict(TrainConfig, ckpt.get("config"), "config")
+    try:  # the run continues with the config it saved: it must still parse and validate
+        ckpt["config"] = train_config(ckpt.get("config"), "config")
     except ConfigError as exc:
         raise CheckpointError(f"{ckpt_path}: cannot resume, its saved {exc}") from None
+    ckpt["resolved"] = Resolved.from_checkpoint(ckpt, str(ckpt_path))
     return run_dir, ckpt
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, info: ddp.DistInfo, resume: str | Path | None):
-        self.info = info
-        ckpt = None
-        if resume is not None:
-            run_dir, ckpt = resume_checkpoint(resume)
-            cfg = ckpt["config"]
+    def __init__(
+        self, cfg: TrainConfig, info: ddp.DistInfo, resume: tuple[Path, dict] | None = None
+    ):
+        self.info, self.cfg = info, cfg
+        run_dir, ckpt = resume if resume is not None else (None, None)
         self.device = resolve_device(ddp.device_for(info, cfg.run.device))
         torch.manual_seed(cfg.run.seed)
         self.data = load_run_data(cfg)
@@ -97,19 +112,22 @@ class Trainer:
             from defectdet.console import print_problems
 
             print_problems(self.data.catalog.problems)
-        self.cfg = cfg = resolve_config(cfg, self.data)
+        self.resolved = ckpt["resolved"] if ckpt is not None else resolve(cfg, self.data)
         if ckpt is None:
             run_dir = new_run_dir(cfg) if info.is_main else None
             run_dir = ddp.broadcast(info, run_dir)
-            cfg.run.name = Path(run_dir).name
         self.run_dir = Path(run_dir)
         if info.is_main:
-            write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+            write_text(self.run_dir / "config.yaml", to_yaml(to_dict(cfg)))
+            write_text(self.run_dir / "resolved.yaml", to_yaml(self.resolved.to_dict()))
         self.amp = autocast_enabled(cfg.run.amp, self.device)
         self.channels_last = channels_last_enabled(cfg.run.channels_last, self.device)
-        self.model = prepare_model(
-            build_model(cfg.model, cfg.loss), self.device, self.channels_last
-        )
+        spec = self.resolved.spec
+        criterion = Criterion(cfg.loss, self.resolved.class_weights)
+        model = build_model(spec, criterion, trainable_layers=cfg.model.trainable_backbone_layers)
+        if ckpt is None:
+            load_initial_weights(model, spec, cfg.model.weights, cfg.model.backbone_weights)
+        self.model = prepare_model(model, self.device, self.channels_last)
         self.ddp_model = self._wrap(self.model)
         self.loader, self.sampler = self._build_loader()
         self.state = {
@@ -126,9 +144,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.state["total_steps"])
         use_scaler = self.amp and amp_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.history = History(self.run_dir, cfg.model.class_names)
+        self.history = History(self.run_dir, spec.class_names)
         if ckpt is not None:
-            self._load_state(ckpt, resume)
+            self._load_state(ckpt, run_dir)
         self._stop_requested = False
 
     # ------------------------------------------------------------------ set-up pieces
@@ -140,7 +158,7 @@ class Trainer:
 
     def _build_loader(self):
         cfg, train = self.cfg, self.data.train
-        size = cfg.model.image_size
+        size = self.resolved.spec.image_size
         counts = train.instance_counts()
         rare = find_rare_classes(counts)
         copy_paste = (
@@ -153,7 +171,7 @@ class Trainer:
             size,
             build_transforms(cfg.augment, size, train=True),
             minority_transforms=build_minority_transforms(cfg.augment, size)
-            if cfg.augment.minority
+            if cfg.augment.augment_minority
             else None,
             rare_classes=rare,
             copy_paste=copy_paste,
@@ -177,15 +195,16 @@ class Trainer:
         return min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
 
     # ------------------------------------------------------------------ checkpoints
-    def _payload(self, full: bool, metrics: dict | None = None) -> dict[str, Any]:
+    def _payload(self, full: bool, metrics: MetricsResult | None = None) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "kind": "defectdet-checkpoint",
             "version": __version__,
             "model": self.model.state_dict(),
-            "config": self.cfg.to_dict(),
-            "classes": list(self.cfg.model.class_names),
+            "config": to_dict(self.cfg),
+            **self.resolved.to_dict(),
+            "classes": list(self.resolved.spec.class_names),
             "epoch": self.state["epoch"],
-            "metrics": metrics or {},
+            "metrics": metrics.to_dict() if metrics is not None else {},
         }
         if full:
             payload |= {
@@ -201,7 +220,7 @@ class Trainer:
 
     def _load_state(self, ckpt: dict, source: str | Path) -> None:
         try:
-            self.model.load_state_dict(ckpt["model"])
+            self.model.load_state_dict(training_state(ckpt["model"]))
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -306,30 +325,37 @@ class Trainer:
         metrics = None
         due = (epoch + 1) % max(cfg.run.eval_interval, 1) == 0 or last
         if due and self.info.is_main and self.data.val.num_images:
-            metrics, _ = evaluate_model(
-                self.model,
-                self.data.val,
-                cfg.model.image_size,
-                self.device,
-                conf=cfg.run.conf,
-                batch_size=cfg.optim.batch_size,
-                workers=cfg.run.workers,
-                amp=self.amp,
-                channels_last=self.channels_last,
-            )
+            metrics = self.validate()
         stop = False
         if self.info.is_main:
             stop = self._record(epoch, losses, metrics, seconds)
         stop = bool(ddp.broadcast(self.info, stop))
         return stop or self._out_of_steps()
 
-    def _record(self, epoch: int, losses: dict, metrics: dict | None, seconds: float) -> bool:
+    def validate(self) -> MetricsResult:
+        """The model scored on the validation split by the same path as ``evaluate``."""
+        spec, cfg = self.resolved.spec, self.cfg
+        detector = TorchDetector(
+            self.model,
+            spec.class_names,
+            spec.image_size,
+            self.device,
+            self.amp,
+            self.channels_last,
+        )
+        rt = cfg.runtime()
+        metrics, _ = score_catalog(detector, self.data.val, cfg.infer, rt.batch_size, rt.workers)
+        return metrics
+
+    def _record(
+        self, epoch: int, losses: dict, metrics: MetricsResult | None, seconds: float
+    ) -> bool:
         row = {
             "epoch": epoch + 1,
             **{f"train_{k}": v for k, v in losses.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 2),
-            **flat_metrics(metrics, self.cfg.model.class_names),
+            **(metrics.flat() if metrics is not None else {}),
         }
         self.history.append(row)
         value = row.get(self.cfg.run.select_metric)
@@ -343,7 +369,7 @@ class Trainer:
             self.state["bad_epochs"] += 1
         self._save_last()
         self.history.write()
-        self.history.print_epoch(row, self.cfg.run.select_metric, improved)
+        self.history.print_epoch(row, improved)
         patience = self.cfg.run.patience
         if patience and self.state["bad_epochs"] >= patience:
             out.print(
@@ -360,11 +386,11 @@ class Trainer:
             f"[bold]run[/] {self.run_dir}  device {self.device}"
             f"{' (AMP)' if self.amp else ''}  world {self.info.world_size}  "
             f"train {self.data.train.num_images} / val {self.data.val.num_images} images  "
-            f"image size {cfg.model.image_size}  {cfg.model.backbone}  "
+            f"image size {self.resolved.spec.image_size}  {cfg.model.backbone}  "
             f"loss {cfg.loss.loss}"
             + (f" γ={cfg.loss.gamma:g} α={cfg.loss.alpha:g}" if cfg.loss.loss == "focal" else "")
         )
-        print_sampling(self.sampler.inner.stats(), cfg.model.class_names)
+        print_sampling(self.sampler.inner.stats(), self.resolved.spec.class_names)
         if self.state["global_step"]:
             out.print(
                 f"resuming at epoch {self.state['epoch'] + 1}, step "

@@ -1,14 +1,17 @@
-"""Everything a run needs before the first step: the data split, the options left on "auto"
-resolved from the data, the run folder, and the datasets and loaders.
+"""Everything a run needs before the first step: the data split, what the data decides
+(:class:`Resolved`: the model spec with its classes, image size and anchors, and the class
+weights), and the run folder.
 
-The resolved :class:`~defectdet.config.TrainConfig` is what gets saved as ``config.yaml``: with
-it (and the data) the run can be reproduced exactly.
+The user's :class:`~defectdet.config.TrainConfig` is saved untouched as ``config.yaml``; the
+resolved values beside it as ``resolved.yaml`` (and in every checkpoint): with both (and the
+data) the run can be reproduced exactly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from defectdet.data.formats import load_dataset
 from defectdet.data.split import stratified_split
 from defectdet.errors import ConfigError, DataError
 from defectdet.io import ensure_dir, unique_dir
+from defectdet.model.spec import ModelSpec
 
 _TRAIN_SPLITS = ("train", "trainval")
 _VAL_SPLITS = ("val", "valid", "test")
@@ -55,34 +59,50 @@ def _choose_splits(catalog: Catalog, cfg: TrainConfig) -> tuple[str, str]:
     return train, val
 
 
-def resolve_config(cfg: TrainConfig, data: RunData) -> TrainConfig:
-    """Fill in what the data decides: classes, image size, anchors, class weights."""
+@dataclass
+class Resolved:
+    """What the data decided for a run."""
+
+    spec: ModelSpec
+    class_weights: list[float] = field(default_factory=list)  # one per class; [] = none
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_spec": self.spec.to_dict(), "class_weights": list(self.class_weights)}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], where: str) -> Resolved:
+        from defectdet.model.restore import checkpoint_spec
+
+        weights = ckpt.get("class_weights")
+        if weights is None:  # defectdet 0.1 kept them in the loss config
+            weights = (ckpt.get("config") or {}).get("loss", {}).get("class_weight_values", [])
+        return cls(checkpoint_spec(ckpt, where), [float(w) for w in weights])
+
+
+def resolve(cfg: TrainConfig, data: RunData) -> Resolved:
+    """The model spec and class weights for ``cfg`` on this data (image size, anchors and
+    classes from the data where the options say so)."""
     from defectdet.analysis.recommend import class_weights
     from defectdet.analysis.stats import suggested_image_size
     from defectdet.model.anchors import fit_anchor_sizes, fit_aspect_ratios
 
-    m, train = cfg.model, data.train
-    if m.class_names and m.class_names != data.catalog.classes:
+    m, train, classes = cfg.model, data.train, list(data.catalog.classes)
+    metric = cfg.run.select_metric
+    if metric.startswith("ap50_") and metric[5:] not in classes:
         raise ConfigError(
-            f"config lists classes {m.class_names} but the data has {data.catalog.classes}"
+            f"--select-metric {metric!r}: no class {metric[5:]!r} in the data (classes: "
+            f"{', '.join(classes)})"
         )
-    m.class_names, m.num_classes = list(data.catalog.classes), data.catalog.num_classes
-    if m.image_size <= 0:
-        m.image_size = min(int(suggested_image_size(data.catalog.images) or 512), 1024)
-    if m.anchors == "auto" and not m.anchor_sizes:
-        wh = model_input_box_sizes(train, m.image_size)
+    size = m.image_size or min(int(suggested_image_size(data.catalog.images) or 512), 1024)
+    sizes, ratios = None, None
+    if m.anchors == "auto":
+        wh = model_input_box_sizes(train, size)
         if len(wh):
-            m.anchor_sizes = [
-                round(float(s), 2) for s in fit_anchor_sizes(wh, m.min_level, m.max_level)
-            ]
-            m.aspect_ratios = [round(float(r), 3) for r in fit_aspect_ratios(wh)]
-    elif m.anchors not in ("auto", "default"):
-        raise ConfigError(f"--anchors must be auto or default, not {m.anchors!r}")
-    counts = train.instance_counts()
-    if not cfg.loss.class_weight_values:
-        weights = class_weights(cfg.loss.class_weights, counts, train.classes)
-        cfg.loss.class_weight_values = [round(float(w), 6) for w in weights]
-    return cfg
+            sizes = [round(float(s), 2) for s in fit_anchor_sizes(wh, m.min_level, m.max_level)]
+            ratios = [round(float(r), 3) for r in fit_aspect_ratios(wh)]
+    weights = class_weights(cfg.loss.class_weights, train.instance_counts(), train.classes)
+    spec = ModelSpec.from_config(m, classes, size, sizes, ratios)
+    return Resolved(spec, [round(float(w), 6) for w in weights])
 
 
 def model_input_box_sizes(catalog: Catalog, image_size: int) -> np.ndarray:
@@ -95,8 +115,7 @@ def model_input_box_sizes(catalog: Catalog, image_size: int) -> np.ndarray:
 
 def new_run_dir(cfg: TrainConfig) -> Path:
     """``project/name``, or ``name2``, ``name3``... when taken (never overwritten unless
-    ``exist_ok``); the chosen name is written back into the config."""
+    ``exist_ok``)."""
     run = unique_dir(cfg.run.project, cfg.run.name, cfg.run.exist_ok)
     ensure_dir(run / "weights")
-    cfg.run.name = run.name
     return run

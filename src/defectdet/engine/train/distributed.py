@@ -50,11 +50,6 @@ def device_for(info: DistInfo, device_spec: str) -> str:
     return device_spec
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
-        dist.barrier()
-
-
 def broadcast(info: DistInfo, value: Any) -> Any:
     """Rank 0's ``value`` on every rank (e.g. the run folder rank 0 chose)."""
     if not info.enabled:

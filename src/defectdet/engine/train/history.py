@@ -22,19 +22,6 @@ _LINE = (
 )
 
 
-def flat_metrics(metrics: dict | None, class_names: list[str]) -> dict:
-    """Validation metrics as flat CSV columns (per-class AP50 as ``ap50_<class>``)."""
-    if not metrics:
-        return {}
-    row = {k: metrics[k] for k in ("map", "map50", "mean_class_ap50")}
-    for c in metrics["classes"]:
-        row[f"ap50_{c['name']}"] = c["ap50"]
-    il = metrics["image_level"]
-    for k in ("defect_recall", "false_alarm_rate", "balanced_accuracy", "accuracy", "auroc"):
-        row[k] = il.get(k)
-    return row
-
-
 class History:
     def __init__(self, run_dir: Path, class_names: list[str]):
         self.run_dir, self.class_names = Path(run_dir), class_names
@@ -50,7 +37,7 @@ class History:
         with atomic_open(self.run_dir / "metrics.csv", "w", encoding="utf-8", newline="") as fh:
             self.frame().to_csv(fh, index=False, float_format="%.5g")
 
-    def print_epoch(self, row: dict, select_metric: str, improved: bool) -> None:
+    def print_epoch(self, row: dict, improved: bool) -> None:
         parts = [f"epoch {row['epoch']}"]
         for k in _LINE:
             v = row.get(k)

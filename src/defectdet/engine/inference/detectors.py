@@ -1,68 +1,85 @@
-"""Detectors behind ``predict``: the PyTorch model from a checkpoint, or an exported ONNX file run
-by onnxruntime. Both take a uint8 (B, 3, S, S) batch and return, per image, ``boxes`` (N, 4)
-xyxy in model-input pixels, ``scores`` (N,) and 0-based ``labels`` (N,) as CPU tensors.
+"""Detectors: one interface for every backend. A detector has ``class_names``, ``image_size``
+and ``configure(PostprocessSettings)``, and is called on uint8 (B, 3, S, S) batches; it
+returns, per image, ``boxes`` (N, 4) xyxy in model-input pixels, ``scores`` (N,) and 0-based
+``labels`` (N,) as CPU tensors.
 
-The ONNX file holds the network only (backbone + FPN + head, see
-:mod:`defectdet.engine.export`); anchors come with it as a constant output, and decoding, score
-threshold, top-k and class-wise NMS run here with torchvision's own RetinaNet code, so both
-backends share one post-processing implementation.
+- :class:`TorchDetector`: a model in memory (train-time validation) or from a checkpoint.
+- :class:`OnnxDetector`: an exported ``.onnx`` file run by onnxruntime. The file holds the
+  network only (see :mod:`defectdet.engine.export`); decoding runs here with the same
+  :func:`~defectdet.model.postprocess.decode_detections` as the PyTorch model.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Protocol
 
 import torch
+from torch import nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.models.detection.retinanet import RetinaNet
 
-from defectdet.engine.evaluate import model_predictor
 from defectdet.errors import CheckpointError, ConfigError
+from defectdet.model.device import amp_dtype, to_model_input
+from defectdet.model.postprocess import PostprocessSettings, decode_detections
 
 ONNX_FORMAT = "defectdet-retinanet-raw/1"
 
 
-@dataclass
-class PostprocessSettings:
-    """What the model keeps: score threshold, NMS IoU, detections per image."""
+class Detector(Protocol):
+    class_names: list[str]
+    image_size: int
 
-    score_thresh: float = 0.05
-    nms_thresh: float = 0.5
-    detections_per_img: int = 100
+    def configure(self, settings: PostprocessSettings) -> None: ...
+
+    def __call__(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]: ...
 
 
 class TorchDetector:
-    """A checkpoint's model on ``device``; ``half`` = fp16 autocast (CUDA only)."""
+    """A RetinaNet on ``device``; ``amp`` autocasts (to ``dtype``, default :func:`amp_dtype`)."""
 
-    def __init__(self, weights: str | Path, device: torch.device, half: bool = False) -> None:
-        from defectdet.model import model_from_checkpoint, prepare_model
+    def __init__(
+        self,
+        model: nn.Module,
+        class_names: list[str],
+        image_size: int,
+        device: torch.device,
+        amp: bool = False,
+        channels_last: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.model, self.class_names, self.image_size = model, list(class_names), int(image_size)
+        self.device, self.amp, self.channels_last = device, amp, channels_last
+        self.dtype = dtype or amp_dtype(device)
 
-        model, cfg = model_from_checkpoint(weights, device)
-        self.channels_last = device.type == "cuda"
-        self.model = prepare_model(model, device, self.channels_last).eval()
-        self.device, self.half = device, half
-        self._predict = model_predictor(
-            self.model, device, amp=half, channels_last=self.channels_last, dtype=torch.float16
-        )
-        self.class_names = list(cfg.class_names) or [f"class{k}" for k in range(cfg.num_classes)]
-        self.image_size = int(cfg.image_size)
-        self.settings = PostprocessSettings(
-            float(cfg.score_thresh), float(cfg.nms_thresh), int(cfg.detections_per_img)
+    @classmethod
+    def from_checkpoint(
+        cls, weights: str | Path, device: torch.device, half: bool = False
+    ) -> TorchDetector:
+        """``half`` = fp16 autocast (CUDA only); channels-last on CUDA."""
+        from defectdet.model import load_model, prepare_model
+
+        model, spec = load_model(weights, device)
+        channels_last = device.type == "cuda"
+        model = prepare_model(model, device, channels_last).eval()
+        return cls(
+            model, spec.class_names, spec.image_size, device, half, channels_last, torch.float16
         )
 
     def configure(self, settings: PostprocessSettings) -> None:
-        self.settings = settings
-        self.model.score_thresh = settings.score_thresh
-        self.model.nms_thresh = settings.nms_thresh
-        self.model.detections_per_img = settings.detections_per_img
+        self.model.configure(settings)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """uint8 (B, 3, S, S) -> B dicts of CPU tensors (boxes in model-input pixels)."""
-        preds = self._predict(batch)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x = to_model_input(batch, self.device, self.channels_last)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp):
+                preds = self.model(list(x))
+        finally:
+            self.model.train(was_training)
         return [
             {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in p.items()} for p in preds
         ]
@@ -72,8 +89,7 @@ class OnnxDetector:
     """An exported ``.onnx`` file through onnxruntime (CPU, or CUDA when its provider exists)."""
 
     def __init__(self, path: str | Path, device: torch.device) -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"ONNX file {path} not found")
@@ -94,11 +110,11 @@ class OnnxDetector:
         self.image_size = int(meta["image_size"])
         self.anchors_per_level = json.loads(meta["anchors_per_level"])
         self.box_coder = det_utils.BoxCoder(tuple(json.loads(meta["box_coder_weights"])))
-        self.topk_candidates = int(meta.get("topk_candidates", 1000))
         self.settings = PostprocessSettings(
             float(meta["score_thresh"]),
             float(meta["nms_thresh"]),
             int(meta["detections_per_img"]),
+            int(meta.get("topk_candidates", 1000)),
         )
 
     def configure(self, settings: PostprocessSettings) -> None:
@@ -113,45 +129,26 @@ class OnnxDetector:
 
     def __call__(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         cls, reg, anchors = self.raw(batch)
+        split = self.anchors_per_level
         return decode_detections(
-            cls,
-            reg,
-            anchors,
-            self.anchors_per_level,
-            self.image_size,
+            list(cls.split(split, dim=1)),
+            list(reg.split(split, dim=1)),
+            list(anchors.split(split)),
+            [(self.image_size, self.image_size)] * cls.shape[0],
             self.box_coder,
             self.settings,
-            self.topk_candidates,
         )
 
 
-def decode_detections(
-    cls_logits: torch.Tensor,
-    bbox_regression: torch.Tensor,
-    anchors: torch.Tensor,
-    anchors_per_level: list[int],
-    image_size: int,
-    box_coder: det_utils.BoxCoder,
-    settings: PostprocessSettings,
-    topk_candidates: int = 1000,
-) -> list[dict[str, torch.Tensor]]:
-    """Raw head outputs -> per-image detections, by torchvision's ``postprocess_detections``
-    (per level: sigmoid, threshold, top-k; decode; clip; class-wise NMS; keep the best)."""
-    shim = SimpleNamespace(
-        box_coder=box_coder,
-        score_thresh=settings.score_thresh,
-        nms_thresh=settings.nms_thresh,
-        detections_per_img=settings.detections_per_img,
-        topk_candidates=topk_candidates,
-    )
-    split = {
-        "cls_logits": list(cls_logits.split(anchors_per_level, dim=1)),
-        "bbox_regression": list(bbox_regression.split(anchors_per_level, dim=1)),
-    }
-    per_level = list(anchors.split(anchors_per_level))
-    n = cls_logits.shape[0]
-    shapes = [(image_size, image_size)] * n
-    return RetinaNet.postprocess_detections(shim, split, [per_level] * n, shapes)
+def import_onnxruntime():
+    """onnxruntime, or one message saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(
+            "the onnxruntime backend needs onnxruntime: pip install 'defectdet[onnx]'"
+        ) from None
+    return onnxruntime
 
 
 def load_detector(
@@ -162,7 +159,7 @@ def load_detector(
     if backend == "torch":
         if suffix == ".onnx":
             raise ConfigError(f"{weights} is an ONNX file; pass --backend onnxruntime")
-        return TorchDetector(weights, device, half)
+        return TorchDetector.from_checkpoint(weights, device, half)
     if backend == "onnxruntime":
         if suffix != ".onnx":
             raise ConfigError(

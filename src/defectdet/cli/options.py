@@ -1,0 +1,87 @@
+"""Typer options generated from the option schema (:mod:`defectdet.config.options`), so help
+text, allowed values and defaults cannot drift between the CLI, YAML and ``compare``.
+
+Every generated option defaults to None ("not given"): the config's own default (shown in
+``--help``) or a YAML value then stays.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Annotated, Any
+
+import typer
+
+from defectdet.config import Option, options
+
+
+def _cli_type(tp: Any) -> Any:
+    """The option's value type without ``None`` (``bool | None`` -> ``bool``)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return tp
+
+
+def _help(option: Option) -> str:
+    spec, default = option.spec, option.default
+    shown = "auto" if default is None else ("''" if default == "" else default)
+    if isinstance(default, bool):
+        shown = "on" if default else "off"
+    return f"{spec.help} [dim]\\[default: {shown}][/]"
+
+
+def option_parameters(
+    cls: type, skip: Iterable[str] = (), panel: str | None = None
+) -> list[inspect.Parameter]:
+    """One keyword parameter per CLI option of config class ``cls``."""
+    params = []
+    for name, option in options(cls).items():
+        if not option.spec.cli or name in skip:
+            continue
+        decl = option.spec.flag or option.cli
+        info = typer.Option(
+            decl,
+            help=_help(option),
+            rich_help_panel=panel or option.spec.panel or None,
+            show_default=False,
+        )
+        annotation = Annotated[_cli_type(option.type) | None, info]
+        params.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+            )
+        )
+    return params
+
+
+def schema_options(
+    *classes: type, skip: Iterable[str] = (), panel: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one CLI option per schema option of ``classes`` (received in its
+    ``**options``), after its own parameters."""
+    skip = tuple(skip)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        own = [
+            p
+            for p in inspect.signature(fn, eval_str=True).parameters.values()
+            if p.kind is not p.VAR_KEYWORD
+        ]
+        extra = [p for cls in classes for p in option_parameters(cls, skip, panel)]
+        taken = {p.name for p in own}
+        clash = [p.name for p in extra if p.name in taken]
+        if clash:
+            raise AssertionError(f"{fn.__name__}: options {clash} are defined twice")
+        fn.__signature__ = inspect.Signature([*own, *extra])  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+def given(values: dict[str, Any]) -> dict[str, Any]:
+    """The options the user actually gave."""
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,115 @@
+"""The typed configuration: one schema of options (:mod:`.options`, checked by :mod:`.schema`)
+shared by the CLI, YAML files, ``compare`` variants and resumed runs.
+
+``load_config`` reads a YAML file; ``apply`` sets options on a config (from the CLI or a
+variant); ``validate`` checks every value once, before any data is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from defectdet.config.files import load_yaml, safe_yaml, to_yaml
+from defectdet.config.options import (
+    AugmentConfig,
+    DataConfig,
+    InferConfig,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    PredictConfig,
+    RunConfig,
+    RuntimeConfig,
+    SamplerConfig,
+    TileConfig,
+    TrainConfig,
+)
+from defectdet.config.schema import Option, Spec, apply, from_dict, options, to_dict, validate
+from defectdet.errors import ConfigError
+
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "InferConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Option",
+    "PredictConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "SamplerConfig",
+    "Spec",
+    "TileConfig",
+    "TrainConfig",
+    "apply",
+    "from_dict",
+    "load_config",
+    "load_yaml",
+    "options",
+    "safe_yaml",
+    "to_dict",
+    "to_yaml",
+    "train_config",
+    "validate",
+]
+
+# Keys of configs saved by defectdet 0.1, read on resume: renamed options, and values derived
+# from the data (now in the resolved spec) that are dropped.
+_RENAMED = {
+    ("augment", "preset"): "augment",
+    ("augment", "minority"): "augment_minority",
+    ("run", "conf"): "conf",
+}
+_DERIVED = {
+    "model": (
+        "anchor_sizes",
+        "aspect_ratios",
+        "num_classes",
+        "class_names",
+        "score_thresh",
+        "nms_thresh",
+        "detections_per_img",
+    ),
+    "loss": ("class_weight_values",),
+}
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A config mapping in today's keys (configs written by 0.1 renamed some; see above)."""
+    out: dict[str, Any] = {}
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            out[section] = body
+            continue
+        body = dict(body)
+        for key in _DERIVED.get(section, ()):
+            body.pop(key, None)
+        if section == "model" and ("min_level" in body or "max_level" in body):
+            body["levels"] = f"{body.pop('min_level', 3)}-{body.pop('max_level', 7)}"
+        for (sec, old), new in _RENAMED.items():
+            if sec == section and old in body:
+                value = body.pop(old)
+                target = "infer" if new == "conf" else section
+                out.setdefault(target, {})[new] = value
+        out.setdefault(section, {}).update(body)
+    return out
+
+
+def train_config(data: dict[str, Any] | None = None, where: str = "") -> TrainConfig:
+    """A validated :class:`TrainConfig` from a (saved, sectioned or flat) mapping."""
+    return validate(from_dict(TrainConfig, upgrade(data or {}), where))
+
+
+def load_config(path: str | Path | None = None) -> TrainConfig:
+    """Defaults, with a YAML file (sections data/model/loss/... or flat keys) on top. Not yet
+    validated: CLI options may still override it."""
+    if not path:
+        return TrainConfig()
+    try:
+        return from_dict(TrainConfig, upgrade(load_yaml(path)))
+    except ConfigError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {exc}") from None

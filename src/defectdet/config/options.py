@@ -1,0 +1,379 @@
+"""Every option of defectdet, defined once: name, type, default, allowed values and help.
+
+``TrainConfig`` is what ``train`` and ``compare`` take (saved as ``config.yaml``); the inference
+sections (:class:`InferConfig` thresholds, :class:`RuntimeConfig`) are shared by train-time
+validation, ``evaluate`` and ``predict``, with one default each. Values derived from the data
+(class names, the resolved image size, anchors, class-weight values) are not here: they live in
+the run's resolved spec (:mod:`defectdet.model.spec`, ``resolved.yaml``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from defectdet.config import values as v
+from defectdet.config.schema import opt
+
+_D, _M, _L, _S, _A, _O, _R, _T = (
+    "Data",
+    "Model",
+    "Loss",
+    "Sampling (imbalance)",
+    "Augmentation",
+    "Optimisation",
+    "Run",
+    "Thresholds",
+)
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
+FORMATS = ("auto", "coco", "voc", "yolo", "csv")
+SELECT_METRICS = (
+    "mean_class_ap50",
+    "map50",
+    "map",
+    "defect_recall",
+    "balanced_accuracy",
+    "auroc",
+    "accuracy",
+)
+"""Validation metrics that can choose ``best.pt`` (higher is better); ``ap50_<class>`` too."""
+
+
+def _check_image_size(value: int) -> None:
+    if value and (value < 32 or value % 32):
+        low = max(32, value // 32 * 32)
+        raise ValueError(f"must be 0 or a multiple of 32 (try {low} or {low + 32})")
+
+
+def _check_select_metric(value: str) -> None:
+    if value not in SELECT_METRICS and not (value.startswith("ap50_") and len(value) > 5):
+        raise ValueError("not a validation metric")
+
+
+def _check_class_conf(value: str) -> None:
+    v.parse_number_map(value, "--class-conf", 0.0, 1.0)
+
+
+def _check_levels(value: str) -> None:
+    v.parse_levels(value)
+
+
+def _check_class_weights(value: str) -> None:
+    v.parse_class_weights(value)
+
+
+def _check_tile(value: int) -> None:
+    if 0 < value < 32:
+        raise ValueError("below 32 px")
+
+
+def _check_device(value: str) -> None:
+    v.parse_device(value)
+
+
+# Options that appear in more than one section are defined once here.
+def _batch_size(panel: str) -> Any:
+    return opt(
+        8, "Images per step (per process in DDP) and per inference batch.", low=1, panel=panel
+    )
+
+
+def _workers(panel: str) -> Any:
+    return opt(
+        -1,
+        "DataLoader worker processes (-1 = auto: none on a small CPU-only machine, where they "
+        "would compete with the model for the cores).",
+        low=-1,
+        panel=panel,
+    )
+
+
+def _device(panel: str) -> Any:
+    return opt(
+        "auto",
+        "auto, cpu, cuda or cuda:N.",
+        check=_check_device,
+        allowed="auto, cpu, cuda or cuda:N",
+        panel=panel,
+    )
+
+
+@dataclass
+class DataConfig:
+    path: str = opt("data/", "Dataset folder or annotation file.", cli=False)
+    format: str = opt(
+        "auto", "Annotation format: auto, coco, voc, yolo or csv.", choices=FORMATS, panel=_D
+    )
+    strict: bool = opt(False, "Fail on any problem in the data instead of skipping it.", panel=_D)
+    val_fraction: float = opt(
+        0.2,
+        "Validation share when the data has no validation split.",
+        low=0,
+        high=1,
+        low_open=True,
+        high_open=True,
+        panel=_D,
+    )
+    train_split: str = opt("", "Training split name ('' = train or trainval).", panel=_D)
+    val_split: str = opt("", "Validation split name ('' = val, valid or test).", panel=_D)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt(
+        "resnet18", "Backbone: " + ", ".join(BACKBONES) + ".", choices=BACKBONES, panel=_M
+    )
+    head: str = opt(
+        "v1", "v1, or v2 (GroupNorm head, GIoU box loss).", choices=("v1", "v2"), panel=_M
+    )
+    head_convs: int = opt(
+        4, "Convs per head branch (torchvision: 4); fewer = faster.", low=0, high=8, panel=_M
+    )
+    fpn_channels: int = opt(
+        256,
+        "FPN and head width (torchvision: 256); 64-128 is much faster on CPU.",
+        low=8,
+        high=1024,
+        panel=_M,
+    )
+    levels: str = opt(
+        "3-7",
+        "Pyramid levels, e.g. 3-7 (torchvision) or 3-5 for small images.",
+        check=_check_levels,
+        allowed="LOW-HIGH with LOW 2 or 3 and HIGH 5, 6 or 7",
+        panel=_M,
+    )
+    image_size: int = opt(
+        0,
+        "Longest side fed to the model (0 = from the data).",
+        low=0,
+        check=_check_image_size,
+        allowed="0 (from the data) or a multiple of 32",
+        panel=_M,
+    )
+    anchors: str = opt(
+        "default",
+        "default, or auto (sizes and aspect ratios fitted to your boxes).",
+        choices=("default", "auto"),
+        panel=_M,
+    )
+    weights: str = opt("", "Start from: a defectdet checkpoint PATH, or coco.", panel=_M)
+    backbone_weights: str = opt("none", "Backbone weights: none, imagenet or PATH.", panel=_M)
+    trainable_backbone_layers: int = opt(
+        3, "Backbone stages trained when starting from pretrained weights.", low=0, high=6, panel=_M
+    )
+
+    @property
+    def min_level(self) -> int:
+        return v.parse_levels(self.levels)[0]
+
+    @property
+    def max_level(self) -> int:
+        return v.parse_levels(self.levels)[1]
+
+
+@dataclass
+class LossConfig:
+    loss: str = opt(
+        "focal",
+        "Classification loss: focal, or ce (plain sigmoid cross-entropy).",
+        choices="defectdet.model.criterion:CLASSIFICATION_LOSSES",
+        panel=_L,
+    )
+    gamma: float = opt(2.0, "Focal γ ≥ 0; 0 = α-balanced cross-entropy.", low=0, panel=_L)
+    alpha: float = opt(0.25, "Focal α, the weight of positives; < 0 disables it.", high=1, panel=_L)
+    class_weights: str = opt(
+        "none",
+        "none, inverse, sqrt-inverse, effective[:BETA] or name=W,...",
+        check=_check_class_weights,
+        allowed="none, inverse, sqrt-inverse, effective[:BETA] or name=W,... (W ≥ 0)",
+        panel=_L,
+    )
+    normalizer: str = opt(
+        "batch",
+        "Loss divided by the batch's foreground anchors (batch), their EMA (ema) or per image "
+        "(image).",
+        choices=("batch", "ema", "image"),
+        panel=_L,
+    )
+
+
+@dataclass
+class SamplerConfig:
+    sampler: str = opt(
+        "none",
+        "none, repeat-factor or class-aware.",
+        choices=("none", "repeat-factor", "class-aware"),
+        panel=_S,
+    )
+    repeat_threshold: float = opt(
+        0.1, "LVIS repeat-factor threshold t.", low=0, high=1, low_open=True, panel=_S
+    )
+    background_fraction: float = opt(
+        1.0,
+        "Share of defect-free images used each epoch (they take turns).",
+        low=0,
+        high=1,
+        low_open=True,
+        panel=_S,
+    )
+    undersample_majority: float = opt(
+        1.0,
+        "Share of majority-only images used each epoch.",
+        low=0,
+        high=1,
+        low_open=True,
+        panel=_S,
+    )
+
+
+@dataclass
+class AugmentConfig:
+    augment: str = opt(
+        "light",
+        "Augmentation: none, light, medium or heavy.",
+        choices=("none", "light", "medium", "heavy"),
+        panel=_A,
+    )
+    augment_minority: bool = opt(
+        False, "Stronger augmentation for images with a rare class.", panel=_A
+    )
+    copy_paste: float = opt(
+        0.0, "Probability of pasting rare-class defects onto an image.", low=0, high=1, panel=_A
+    )
+    rotate90: bool = opt(
+        True,
+        "Allow 90° rotations (off where orientation matters).",
+        panel=_A,
+        flag="--rotate90/--no-rotate90",
+    )
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = opt(20, "Epochs.", low=1, panel=_O)
+    batch_size: int = _batch_size(_O)
+    lr: float = opt(0.01, "Base learning rate.", low=0, low_open=True, panel=_O)
+    optimizer: str = opt("sgd", "sgd or adamw.", choices=("sgd", "adamw"), panel=_O)
+    momentum: float = opt(0.9, "SGD momentum.", low=0, high=1, panel=_O)
+    weight_decay: float = opt(1e-4, "Weight decay.", low=0, panel=_O)
+    schedule: str = opt(
+        "cosine", "cosine or step, after the warm-up.", choices=("cosine", "step"), panel=_O
+    )
+    warmup_iters: int = opt(100, "Linear warm-up steps.", low=0, panel=_O)
+    step_milestones: list[float] = opt(  # noqa: RUF009 (opt returns a field with a factory)
+        [0.67, 0.89],
+        "Step schedule: fractions of training where the lr drops 10x.",
+        low=0,
+        high=1,
+        cli=False,
+    )
+    grad_clip: float = opt(10.0, "Gradient-norm clip (0 = off).", low=0, panel=_O)
+
+
+@dataclass
+class RunConfig:
+    project: str = opt("runs/train", "Parent folder of runs.", panel=_R)
+    name: str = opt("exp", "Run name; a taken name gets a number.", panel=_R)
+    exist_ok: bool = opt(False, "Reuse an existing run folder.", panel=_R)
+    seed: int = opt(0, "Random seed.", low=0, panel=_R)
+    workers: int = _workers(_R)
+    device: str = _device(_R)
+    amp: bool | None = opt(
+        None, "Mixed precision (default: on for CUDA).", panel=_R, flag="--amp/--no-amp"
+    )
+    channels_last: bool | None = opt(
+        None, "Channels-last memory format (default: on for CUDA).", cli=False
+    )
+    eval_interval: int = opt(1, "Validate every N epochs.", low=1, panel=_R)
+    select_metric: str = opt(
+        "mean_class_ap50",
+        "Validation metric choosing best.pt: " + ", ".join(SELECT_METRICS) + " or ap50_CLASS.",
+        check=_check_select_metric,
+        allowed=", ".join(SELECT_METRICS) + " or ap50_<class>",
+        panel=_R,
+    )
+    patience: int = opt(0, "Stop after N validations without gain (0 = off).", low=0, panel=_R)
+    max_steps: int = opt(
+        0, "Stop after N optimiser steps (0 = no limit; smoke tests).", low=0, panel=_R
+    )
+
+
+@dataclass
+class InferConfig:
+    """Thresholds: the same options and defaults for train-time validation, evaluate, predict."""
+
+    conf: float = opt(
+        0.25,
+        "Score threshold for every class (a box counts and an image is 'defect' at or above it).",
+        low=0,
+        high=1,
+        panel=_T,
+    )
+    class_conf: str = opt(
+        "",
+        "Per-class thresholds overriding --conf, e.g. 'scratch=0.5,crack=0.15'.",
+        check=_check_class_conf,
+        allowed="name=T,... with 0 ≤ T ≤ 1",
+        panel=_T,
+    )
+    iou: float = opt(0.5, "IoU of class-wise NMS.", low=0, high=1, low_open=True, panel=_T)
+    max_det: int = opt(100, "Boxes kept per image.", low=1, panel=_T)
+
+
+@dataclass
+class RuntimeConfig:
+    """How ``evaluate`` and ``predict`` run (results do not depend on it, up to float order)."""
+
+    batch_size: int = _batch_size(_R)
+    workers: int = _workers(_R)
+    device: str = _device(_R)
+    half: bool = opt(False, "fp16 inference (torch backend on CUDA only).", panel=_R)
+    backend: str = opt(
+        "torch",
+        "torch (a .pt checkpoint) or onnxruntime (an exported .onnx file).",
+        choices=("torch", "onnxruntime"),
+        panel=_R,
+    )
+
+
+@dataclass
+class TileConfig:
+    tile: int = opt(
+        0,
+        "Tile large images: tiles of SIZE px of the original, each run at the model's resolution, "
+        "boxes merged by NMS (0 = off: the whole image is resized).",
+        low=0,
+        check=_check_tile,
+        allowed="0 (off) or at least 32",
+        panel="Input",
+    )
+    tile_overlap: float = opt(
+        0.2, "Overlap between tiles (fraction).", low=0, high=0.95, high_open=True, panel="Input"
+    )
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def runtime(self) -> RuntimeConfig:
+        """The inference runtime of train-time validation (the run's own batch, workers, device)."""
+        return RuntimeConfig(self.optim.batch_size, self.run.workers, self.run.device)
+
+
+@dataclass
+class PredictConfig:
+    """What ``predict`` and ``evaluate`` take besides the data and the output options."""
+
+    infer: InferConfig = field(default_factory=InferConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tiles: TileConfig = field(default_factory=TileConfig)

@@ -1,0 +1,90 @@
+"""``defectdet evaluate``: score a checkpoint on a dataset split (rendered by :mod:`.render`).
+
+The numbers come from :func:`~defectdet.engine.evaluate.score.score_catalog` (the same code that
+validates during training, on the detections ``predict`` gives); this module picks the split
+and lines up the model's classes with the data's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from defectdet.config import PredictConfig, validate
+from defectdet.console import warn
+from defectdet.data.catalog import Catalog
+from defectdet.engine.evaluate.score import score_catalog
+from defectdet.errors import ConfigError
+
+EVAL_SPLITS = ("val", "valid", "validation", "test")
+
+
+def choose_split(catalog: Catalog, split: str | None) -> tuple[Catalog, str]:
+    """The catalogue part to evaluate on, and its name."""
+    present = catalog.splits()
+    if split == "all" or (split is None and not set(EVAL_SPLITS) & set(present)):
+        return catalog, "all"
+    if split is None:
+        split = next(s for s in EVAL_SPLITS if s in present)
+    if split not in present:
+        have = ", ".join(present) if present else "none (use --split all)"
+        raise ConfigError(f"--split {split!r} is not in the data; splits: {have}")
+    return catalog.split_subset(split), split
+
+
+def class_mapping(model_classes: list[str], data_classes: list[str]) -> np.ndarray:
+    """(K_model,) index of each model class in the data's class list.
+
+    Raises:
+        ConfigError: a model class the data does not have (another dataset?).
+    """
+    missing = [c for c in model_classes if c not in data_classes]
+    if missing:
+        raise ConfigError(
+            f"the model's classes ({', '.join(model_classes)}) do not match the data's "
+            f"({', '.join(data_classes)}): {', '.join(missing)} missing from the data"
+        )
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        warn(f"the model was not trained on {', '.join(unknown)}: those classes score 0")
+    return np.array([data_classes.index(c) for c in model_classes], dtype=np.int64)
+
+
+def evaluate_checkpoint(
+    catalog: Catalog,
+    weights: Path,
+    cfg: PredictConfig,
+    split: str | None = None,
+    data_name: str = "",
+) -> dict:
+    """Run the checkpoint over the chosen split and return the full report (JSON-ready): the
+    detections are those ``predict`` gives for the same images, the metrics one
+    :class:`~defectdet.engine.evaluate.metrics.MetricsResult`."""
+    from defectdet.engine.inference.detectors import load_detector
+    from defectdet.model import resolve_device
+
+    validate(cfg)
+    rt = cfg.runtime
+    device = resolve_device(rt.device)
+    part, split = choose_split(catalog, split)
+    detector = load_detector(weights, rt.backend, device, rt.half)
+    mapping = class_mapping(detector.class_names, part.classes)
+    t0 = time.perf_counter()
+    metrics, _ = score_catalog(
+        detector, part, cfg.infer, rt.batch_size, rt.workers, cfg.tiles, label_map=mapping
+    )
+    return {
+        "weights": str(weights),
+        "backend": rt.backend,
+        "data": data_name,
+        "split": split,
+        "images": part.num_images,
+        "classes": part.classes,
+        "thresholds": {c.name: c.threshold for c in metrics.classes},
+        "nms_iou": cfg.infer.iou,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "metrics": metrics.to_dict(),
+        "pr_curves": metrics.pr_curves,
+    }

@@ -1,0 +1,150 @@
+"""The one inference path, from images to detections in original pixels, shared by train-time
+validation, ``evaluate`` and ``predict`` (so the three give the same boxes and scores for the
+same images and checkpoint).
+
+:class:`Inference` sets the detector's post-processing from the inference options, runs it
+over batches from :mod:`.preprocess` (whole images or tiles), maps boxes back to the original
+image (:func:`merge_tiles`) and tells which boxes pass their class threshold.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms
+
+from defectdet.config import InferConfig, TileConfig
+from defectdet.config.values import parse_number_map
+from defectdet.data.preprocess import to_original
+from defectdet.engine.inference.detectors import Detector
+from defectdet.engine.inference.preprocess import (
+    ImageMeta,
+    InferenceDataset,
+    make_inference_loader,
+)
+from defectdet.engine.inference.sources import SourceImage
+from defectdet.errors import ConfigError
+from defectdet.model.postprocess import AP_SCORE_FLOOR, PostprocessSettings
+
+
+@dataclass
+class Detections:
+    """Predictions for one image: ``boxes`` (N, 4) xyxy in original pixels, ``scores`` (N,),
+    ``labels`` (N,) 0-based class ids; ``image_id`` says which image (a catalogue id, or the
+    input's position)."""
+
+    image_id: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def passed(self, thresholds: np.ndarray) -> np.ndarray:
+        """(N,) bool: the score reaches its class's threshold ((K,) array)."""
+        return self.scores >= thresholds[self.labels] if len(self.labels) else np.zeros(0, bool)
+
+
+def class_thresholds(infer: InferConfig, class_names: Sequence[str]) -> np.ndarray:
+    """(K,) threshold of each class: its ``--class-conf`` value, else ``--conf``.
+
+    Raises:
+        ConfigError: a class the model does not have (the message lists its classes).
+    """
+    try:
+        per_class = parse_number_map(infer.class_conf, "--class-conf", 0.0, 1.0)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    unknown = [n for n in per_class if n not in class_names]
+    if unknown:
+        raise ConfigError(
+            f"--class-conf: unknown class {unknown[0]!r}; the model's classes are "
+            f"{', '.join(class_names)}"
+        )
+    return np.array([per_class.get(c, infer.conf) for c in class_names], dtype=np.float64)
+
+
+class Inference:
+    """Runs a detector over images with the inference options.
+
+    The detector keeps every detection above ``min(AP_SCORE_FLOOR, lowest threshold)``, so
+    average precision sees the low-scoring ones and outputs can report per-class maxima below
+    the thresholds; :attr:`thresholds` then decide which boxes count.
+    """
+
+    def __init__(self, detector: Detector, infer: InferConfig, tiles: TileConfig | None = None):
+        self.detector, self.infer, self.tiles = detector, infer, tiles or TileConfig()
+        self.class_names = list(detector.class_names)
+        self.thresholds = class_thresholds(infer, self.class_names)
+        floor = float(min(AP_SCORE_FLOOR, self.thresholds.min()))
+        detector.configure(PostprocessSettings(floor, infer.iou, infer.max_det))
+        self.timings = {"wait_for_data": 0.0, "model": 0.0, "postprocess": 0.0}
+
+    def run(
+        self,
+        sources: Sequence[SourceImage],
+        batch_size: int,
+        workers: int,
+        keep_image: bool = False,
+    ) -> Iterator[list[tuple[ImageMeta, Detections | None]]]:
+        """Per loader batch: each image's meta and detections (None when it was unreadable;
+        ``meta.error`` says why). ``Detections.image_id`` is the input's position."""
+        dataset = InferenceDataset(
+            sources,
+            self.detector.image_size,
+            self.tiles.tile,
+            self.tiles.tile_overlap,
+            keep_image=keep_image,
+        )
+        loader = make_inference_loader(dataset, batch_size, workers)
+        wait = time.perf_counter()
+        for tiles, metas in loader:
+            t = self._tick("wait_for_data", wait)
+            preds = self._detect(tiles, batch_size)
+            t = self._tick("model", t)
+            out, start = [], 0
+            for meta in metas:
+                if meta.error is not None:
+                    out.append((meta, None))
+                    continue
+                det = merge_tiles(preds[start : start + meta.tiles], meta, self.infer)
+                start += meta.tiles
+                out.append((meta, det))
+            self._tick("postprocess", t)
+            yield out
+            wait = time.perf_counter()
+
+    def _tick(self, what: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[what] += now - since
+        return now
+
+    def _detect(self, tiles: torch.Tensor, batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """The detector over all tiles, in chunks of ``batch_size`` (a tiled image may bring
+        many)."""
+        preds: list[dict[str, torch.Tensor]] = []
+        for chunk in tiles.split(batch_size) if len(tiles) else ():
+            preds.extend(self.detector(chunk))
+        return preds
+
+
+def merge_tiles(
+    preds: list[dict[str, torch.Tensor]], meta: ImageMeta, infer: InferConfig
+) -> Detections:
+    """Detections of an image's tiles (model pixels) -> original pixels, clipped to the image;
+    with several tiles, merged by class-wise NMS at ``infer.iou`` and cut to ``infer.max_det``."""
+    boxes = [
+        torch.from_numpy(
+            to_original(p["boxes"].float().numpy(), meta.scale, tuple(off), meta.width, meta.height)
+        )
+        for p, off in zip(preds, meta.offsets.tolist(), strict=True)
+    ]
+    b = torch.cat(boxes) if boxes else torch.zeros((0, 4))
+    s = torch.cat([p["scores"].float() for p in preds]) if preds else torch.zeros(0)
+    lab = torch.cat([p["labels"] for p in preds]) if preds else torch.zeros(0, dtype=torch.int64)
+    if len(preds) > 1:
+        keep = batched_nms(b, s, lab, infer.iou)[: infer.max_det]  # sorted by score
+        b, s, lab = b[keep], s[keep], lab[keep]
+    return Detections(meta.index, b.numpy(), s.numpy(), lab.numpy().astype(np.int64))
