@@ -3,7 +3,7 @@
 For each model (resnet18 RetinaNet with the default head: 256 channels, 4 convs, levels 3-7; and
 a narrow one: 64 channels, 2 convs, levels 3-5), over a folder of generated images:
 
-  1. engine: ``defectdet.engine.predict.predict`` end to end (decode + letterbox in DataLoader
+  1. engine: ``defectdet.engine.predict.run.predict`` end to end (decode + letterbox in DataLoader
      workers, batched model, post-processing, CSV/JSON writing), for several worker counts;
   2. plain loop: cv2.imread -> RGB -> resize to the input size -> tensor -> ``model([x])`` in
      eval mode, one image at a time, nothing written;
@@ -37,14 +37,14 @@ from pathlib import Path
 
 import cv2
 import torch
-from defectdet.engine.predict_data import PredictDataset
-from defectdet.engine.sources import list_sources
 from torch.utils.flop_counter import FlopCounterMode
 
-from defectdet.config import ModelConfig, TrainConfig
+from defectdet.config import PredictConfig, RuntimeConfig, TrainConfig, to_dict
 from defectdet.data.synth import SynthConfig, synthesize
-from defectdet.engine.predict import PredictOptions, predict
-from defectdet.model import build_model, model_from_checkpoint, save_checkpoint
+from defectdet.engine.inference.preprocess import InferenceDataset
+from defectdet.engine.inference.sources import list_sources
+from defectdet.engine.predict.run import PredictOutput, predict
+from defectdet.model import ModelSpec, build_model, load_model, save_checkpoint
 
 CLASSES = ["scratch", "spot", "crack", "inclusion"]
 MODELS = {  # name: (model config, share of --per-run images: the default head is slow)
@@ -71,20 +71,15 @@ off with a GPU, more cores, or large images, whose decoding takes tens of millis
 
 
 def make_checkpoint(path: Path, image_size: int, **model_kw) -> Path:
-    cfg = ModelConfig(
-        backbone="resnet18",
-        num_classes=len(CLASSES),
-        class_names=CLASSES,
-        image_size=image_size,
-        **model_kw,
-    )
-    model = build_model(cfg, None, load_weights=False)
+    spec = ModelSpec(CLASSES, image_size, backbone="resnet18", **model_kw)
+    model = build_model(spec)
     save_checkpoint(
         path,
         {
             "kind": "defectdet-checkpoint",
             "model": model.state_dict(),
-            "config": TrainConfig(model=cfg).to_dict(),
+            "config": to_dict(TrainConfig()),
+            "model_spec": spec.to_dict(),
             "classes": CLASSES,
             "epoch": 0,
             "metrics": {},
@@ -114,16 +109,8 @@ def forward_flops(model: torch.nn.Module, size: int) -> int:
 
 
 def engine(folder: Path, weights: Path, out: Path, workers: int) -> dict:
-    opts = PredictOptions(
-        weights=weights,
-        out=out,
-        workers=workers,
-        batch_size=8,
-        device="cpu",
-        progress=False,
-        exist_ok=True,
-    )
-    return predict(folder, opts)
+    cfg = PredictConfig(runtime=RuntimeConfig(batch_size=8, workers=workers, device="cpu"))
+    return predict(folder, weights, cfg, PredictOutput(out, exist_ok=True, progress=False))
 
 
 class Timer:
@@ -144,7 +131,7 @@ class Timer:
 @torch.inference_mode()
 def plain_loop(paths: list[Path], weights: Path, size: int) -> dict:
     """One image at a time, as a first script would do it; with a time split."""
-    model, _ = model_from_checkpoint(weights, "cpu")
+    model, _ = load_model(weights, "cpu")
     transform = Timer(model.transform, "forward")
     post = Timer(model, "postprocess_detections")
     decode = model_time = 0.0
@@ -171,7 +158,7 @@ def plain_loop(paths: list[Path], weights: Path, size: int) -> dict:
 
 def decode_cost(paths: list[Path], size: int) -> float:
     """ms per image to decode + letterbox as predict's workers do (one process)."""
-    ds = PredictDataset(list_sources(paths[0].parent), size)
+    ds = InferenceDataset(list_sources(paths[0].parent), size)
     t = time.perf_counter()
     for i in range(len(ds)):
         ds[i]
@@ -194,7 +181,7 @@ def measure(tmp: Path, paths: list[Path], args: argparse.Namespace) -> tuple[lis
     models = []
     for name, (kw, share) in MODELS.items():
         weights = make_checkpoint(tmp / f"{len(models)}.pt", args.image_size, **kw)
-        model, _ = model_from_checkpoint(weights, "cpu")
+        model, _ = load_model(weights, "cpu")
         flops = forward_flops(model, args.image_size)  # also warms up batch-1 kernels
         n = max(8, round(args.per_run * share))
         models.append(

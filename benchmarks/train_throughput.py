@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from defectdet.engine.setup import RunData
+from defectdet.engine.train.setup import RunData
 from PIL import Image
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -35,7 +35,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from defectdet.config import TrainConfig
 from defectdet.data.formats import load_dataset
 from defectdet.data.synth import SynthConfig, synthesize
-from defectdet.engine.train import Trainer
+from defectdet.engine.train.loop import Trainer
 
 
 def plain_model(num_classes: int, size: int) -> RetinaNet:
@@ -98,8 +98,8 @@ def time_ours(
     cfg.model.image_size = size
     if narrow:
         cfg.model.fpn_channels, cfg.model.head_convs = 64, 2
-        cfg.model.min_level, cfg.model.max_level = 3, 5
-    cfg.augment.preset = "none"
+        cfg.model.levels = "3-5"
+    cfg.augment.augment = "none"
     cfg.optim.batch_size, cfg.optim.lr, cfg.optim.warmup_iters = batch, 0.001, 0
     cfg.run.workers, cfg.run.project = workers, str(root / "runs")
     trainer = Trainer(cfg, _single(), None)
@@ -108,7 +108,7 @@ def time_ours(
 
 
 def _single():
-    from defectdet.engine.distributed import DistInfo
+    from defectdet.engine.train.distributed import DistInfo
 
     return DistInfo()
 

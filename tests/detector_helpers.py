@@ -8,31 +8,26 @@ import cv2
 import numpy as np
 import torch
 
-from defectdet.config import ModelConfig, TrainConfig
-from defectdet.model import build_model, save_checkpoint
+from defectdet.config import PredictConfig, TrainConfig, apply, to_dict, validate
+from defectdet.engine.predict.run import PredictOutput, predict
+from defectdet.model import ModelSpec, build_model, save_checkpoint
+
+_OUTPUT = ("project", "name", "exist_ok", "save_images", "progress")
 
 
 def make_checkpoint(
     path: Path,
     classes: tuple[str, ...] = ("a", "b"),
     image_size: int = 64,
-    score_thresh: float = 0.05,
     seed: int = 0,
 ) -> Path:
     """A narrow, untrained RetinaNet whose last head layers are randomised, so that scores
     spread over 0..1 (an untrained model scores every anchor at the 0.01 prior)."""
-    cfg = ModelConfig(
-        num_classes=len(classes),
-        class_names=list(classes),
-        image_size=image_size,
-        fpn_channels=32,
-        head_convs=1,
-        min_level=3,
-        max_level=5,
-        score_thresh=score_thresh,
+    spec = ModelSpec(
+        list(classes), image_size, fpn_channels=32, head_convs=1, min_level=3, max_level=5
     )
     torch.manual_seed(seed)
-    model = build_model(cfg, None, load_weights=False)
+    model = build_model(spec)
     with torch.no_grad():
         model.head.classification_head.cls_logits.weight.normal_(0, 0.3)
         model.head.classification_head.cls_logits.bias.zero_()
@@ -42,7 +37,8 @@ def make_checkpoint(
         {
             "kind": "defectdet-checkpoint",
             "model": model.state_dict(),
-            "config": TrainConfig(model=cfg).to_dict(),
+            "config": to_dict(TrainConfig()),
+            "model_spec": spec.to_dict(),
             "classes": list(classes),
             "epoch": 0,
             "metrics": {},
@@ -64,3 +60,14 @@ def write_images(
         assert cv2.imwrite(str(path), img)
         paths.append(path)
     return paths
+
+
+def predict_options(weights: Path, out: Path | None, **kw) -> dict:
+    """``predict``'s arguments from flat keyword options (config options and output ones)."""
+    output = PredictOutput(out, **{k: v for k, v in kw.items() if k in _OUTPUT})
+    cfg = validate(apply(PredictConfig(), {k: v for k, v in kw.items() if k not in _OUTPUT}))
+    return {"weights": weights, "cfg": cfg, "output": output}
+
+
+def run_predict(source, options: dict, detector=None) -> dict:
+    return predict(source, detector=detector, **options)

@@ -54,11 +54,11 @@ def affine_area_scale(applied: list) -> float:
 @pytest.mark.parametrize("preset", ["light", "medium", "heavy"])
 def test_boxes_follow_objects(preset: str) -> None:
     image, boxes, labels, masks = scene()
-    ref = build_transforms(AugmentConfig(preset="none"), SIZE, train=False)
+    ref = build_transforms(AugmentConfig(augment="none"), SIZE, train=False)
     ref_out = ref(image=image, bboxes=boxes, labels=labels, masks=masks)
     ref_area = np.array([m.sum() for m in ref_out["masks"]], dtype=np.float64)
 
-    base = build_transforms(AugmentConfig(preset=preset), SIZE, train=True)
+    base = build_transforms(AugmentConfig(augment=preset), SIZE, train=True)
     t = A.Compose(
         base.transforms, bbox_params=base.processors["bboxes"].params, save_applied_params=True
     )
@@ -92,7 +92,7 @@ def test_boxes_follow_objects(preset: str) -> None:
 
 def test_eval_pipeline_resizes_and_pads_top_left() -> None:
     image, boxes, labels, _ = scene()
-    t = build_transforms(AugmentConfig(preset="heavy"), SIZE, train=False)
+    t = build_transforms(AugmentConfig(augment="heavy"), SIZE, train=False)
     out = t(image=image, bboxes=boxes, labels=labels)
     scale = SIZE / 96
     np.testing.assert_allclose(out["bboxes"][:, [0, 2]], boxes[:, [0, 2]] * scale, atol=0.01)
@@ -103,10 +103,10 @@ def test_eval_pipeline_resizes_and_pads_top_left() -> None:
 
 def test_minority_pipeline_is_stronger() -> None:
     names = lambda c: {type(t).__name__ for t in c.transforms}  # noqa: E731
-    light = names(build_transforms(AugmentConfig(preset="light"), SIZE, train=True))
-    minority = names(build_minority_transforms(AugmentConfig(preset="light"), SIZE))
+    light = names(build_transforms(AugmentConfig(augment="light"), SIZE, train=True))
+    minority = names(build_minority_transforms(AugmentConfig(augment="light"), SIZE))
     assert "Affine" not in light and "Affine" in minority
-    no_rot = build_transforms(AugmentConfig(preset="light", rotate90=False), SIZE, train=True)
+    no_rot = build_transforms(AugmentConfig(augment="light", rotate90=False), SIZE, train=True)
     assert "RandomRotate90" not in names(no_rot)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from defectdet.data.formats import load_dataset
-from defectdet.engine import compare as cmp
+from defectdet.engine.compare import run as cmp
 from defectdet.errors import ConfigError
 from defectdet.model import load_checkpoint
 from test_train import make_easy_dataset, tiny_config
@@ -17,18 +17,29 @@ from test_train import make_easy_dataset, tiny_config
 def test_parse_variant_maps_short_names_and_types():
     v = cmp.parse_variant("loss=focal, gamma=0.5,class-weights=effective:0.99,copy_paste=0.3")
     assert v.updates == {
-        "loss.loss": "focal",
-        "loss.gamma": 0.5,
-        "loss.class_weights": "effective:0.99",
-        "augment.copy_paste": 0.3,
+        "loss": "focal",
+        "gamma": 0.5,
+        "class_weights": "effective:0.99",
+        "copy_paste": 0.3,
     }
-    assert cmp.parse_variant("sampler=repeat-factor").updates == {
-        "sampler.sampler": "repeat-factor"
-    }
+    assert cmp.parse_variant("sampler=repeat-factor").updates == {"sampler": "repeat-factor"}
     with pytest.raises(ConfigError, match="not a train option"):
         cmp.parse_variant("lossy=ce")
-    with pytest.raises(ConfigError, match="not key=value"):
+    with pytest.raises(ConfigError, match="expected name=VALUE"):
         cmp.parse_variant("ce")
+
+
+def test_every_variant_is_checked_before_anything_trains(tmp_path: Path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking every variant")
+
+    monkeypatch.setattr(cmp, "_train_or_resume", no_training)
+    variants = [cmp.parse_variant("loss=ce"), cmp.parse_variant("background_fraction=0")]
+    base = tiny_config(tmp_path / "missing-data", tmp_path)
+    with pytest.raises(ConfigError, match=r"background_fraction=0.*--background-fraction"):
+        cmp.run_compare(base, variants, tmp_path / "study")
+    with pytest.raises(ConfigError, match="--select-metric"):
+        cmp.run_compare(base, [cmp.parse_variant("select_metric=bogus")], tmp_path / "s")
 
 
 def test_grid_yaml(tmp_path: Path):
@@ -38,9 +49,9 @@ def test_grid_yaml(tmp_path: Path):
         "  focal2: {loss: focal, gamma: 2}\n"
     )
     base, variants = cmp.load_grid(grid)
-    assert base == {"optim.epochs": 3, "model.image_size": 64}
+    assert base == {"epochs": 3, "image_size": 64}
     assert [v.name for v in variants] == ["ce", "focal2"]
-    assert variants[1].updates == {"loss.loss": "focal", "loss.gamma": 2}
+    assert variants[1].updates == {"loss": "focal", "gamma": 2}
 
 
 @pytest.mark.slow
@@ -87,14 +98,14 @@ def test_compare_trains_each_variant_once_and_writes_the_table(tmp_path: Path, m
     def no_training(*args, **kwargs):
         raise AssertionError("a finished variant was trained again")
 
-    monkeypatch.setattr("defectdet.engine.train.train", no_training)
+    monkeypatch.setattr("defectdet.engine.train.loop.train", no_training)
     again = cmp.run_compare(base, variants, study)
     pd.testing.assert_frame_equal(again, table)
 
 
 def test_a_failing_variant_is_recorded_and_the_others_go_on(tmp_path: Path, monkeypatch):
     from defectdet.config import TrainConfig
-    from defectdet.engine.train import TrainingDiverged
+    from defectdet.engine.train.loop import TrainingDiverged
 
     def fake_train(cfg, run_dir):
         if cfg.loss.gamma == 0.5:

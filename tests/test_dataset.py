@@ -104,7 +104,7 @@ def test_corrupt_image_is_skipped_with_one_warning(tmp_path: Path) -> None:
 
 def test_augmentation_is_reproducible_per_epoch_and_copy(tmp_path: Path) -> None:
     catalog = make_catalog(tmp_path)
-    cfg = AugmentConfig(preset="heavy", copy_paste=1.0)
+    cfg = AugmentConfig(augment="heavy", copy_paste=1.0)
     ds = DetectionDataset(
         catalog,
         S,
@@ -155,7 +155,7 @@ def test_persistent_workers_match_single_process(tmp_path: Path) -> None:
     cfg = SamplerConfig(sampler="repeat-factor", repeat_threshold=0.9)
 
     def run(workers: int) -> list[torch.Tensor]:
-        transforms = build_transforms(AugmentConfig(preset="heavy"), S, train=True)
+        transforms = build_transforms(AugmentConfig(augment="heavy"), S, train=True)
         ds = DetectionDataset(catalog, S, transforms, seed=1)
         sampler = EpochSampler(catalog.image_class_counts(), cfg, seed=1)
         loader = make_loader(ds, sampler, batch_size=2, workers=workers, train=True)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from defectdet.engine.metrics import Detections, evaluate_detections, pr_curves
-from defectdet.engine.report import choose_split, class_mapping
 from typer.testing import CliRunner
 
 from defectdet.cli import app
 from defectdet.data.formats import load_dataset
+from defectdet.engine.evaluate.metrics import evaluate_detections
+from defectdet.engine.evaluate.run import choose_split, class_mapping
+from defectdet.engine.inference.run import Detections
 from defectdet.errors import ConfigError
 from detector_helpers import make_checkpoint
 
@@ -95,7 +96,7 @@ def test_map_matches_cocoeval_run_directly(tmp_path: Path) -> None:
             }
             for (x1, y1, x2, y2), sc, c in zip(b, s, lab, strict=True)
         ]
-    ours = evaluate_detections(catalog, dets, conf=0.5)
+    ours = evaluate_detections(catalog, dets, np.full(3, 0.5))
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(path))
@@ -103,14 +104,14 @@ def test_map_matches_cocoeval_run_directly(tmp_path: Path) -> None:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    assert ours["map"] == pytest.approx(ev.stats[0], abs=1e-9)
-    assert ours["map50"] == pytest.approx(ev.stats[1], abs=1e-9)
-    assert 0.05 < ours["map"] < ours["map50"] < 0.95  # a non-trivial case
-    curves = pr_curves(catalog, dets)
-    for k, cls in enumerate(ours["classes"]):
+    assert ours.map == pytest.approx(ev.stats[0], abs=1e-9)
+    assert ours.map50 == pytest.approx(ev.stats[1], abs=1e-9)
+    assert 0.05 < ours.map < ours.map50 < 0.95  # a non-trivial case
+    curves = ours.pr_curves
+    for k, cls in enumerate(ours.classes):
         p = ev.eval["precision"][0, :, k, 0, -1]
-        assert cls["ap50"] == pytest.approx(p[p > -1].mean(), abs=1e-9)
-        np.testing.assert_allclose(curves["precision"][cls["name"]], p, atol=1e-4)
+        assert cls.ap50 == pytest.approx(p[p > -1].mean(), abs=1e-9)
+        np.testing.assert_allclose(curves["precision"][cls.name], p, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- by hand
@@ -141,13 +142,13 @@ def hand_case(tmp_path: Path):
 
 def test_confusion_and_image_level_by_hand(tmp_path: Path) -> None:
     catalog, dets = hand_case(tmp_path)
-    m = evaluate_detections(catalog, dets, conf=0.5)
+    m = evaluate_detections(catalog, dets, np.array([0.5, 0.5]))
     # rows truth a, b, background; columns predicted a, b, background
-    assert m["confusion_matrix"] == [[1, 0, 1], [1, 0, 0], [0, 1, 0]]
-    assert m["confusion_labels"] == ["a", "b", "background"]
-    a, b = m["classes"]
-    assert (a["precision"], a["recall"], b["precision"], b["recall"]) == (0.5, 0.5, 0.0, 0.0)
-    il = m["image_level"]
+    assert m.confusion_matrix == [[1, 0, 1], [1, 0, 0], [0, 1, 0]]
+    assert m.confusion_labels == ["a", "b", "background"]
+    a, b = m.classes
+    assert (a.precision, a.recall, b.precision, b.recall) == (0.5, 0.5, 0.0, 0.0)
+    il = m.image_level
     # truth 1 1 0 1 0, verdict 1 1 1 0 0, max score .9 .8 .7 .2 0
     assert il["defect_recall"] == pytest.approx(2 / 3)
     assert il["false_alarm_rate"] == pytest.approx(1 / 2)
@@ -156,9 +157,9 @@ def test_confusion_and_image_level_by_hand(tmp_path: Path) -> None:
     assert il["always_ok_accuracy"] == pytest.approx(2 / 5)
     assert il["auroc"] == pytest.approx(5 / 6)
     # A lower threshold for class a alone recovers the missed defect of image 4.
-    m2 = evaluate_detections(catalog, dets, conf={0: 0.1, 1: 0.5})
-    assert m2["confusion_matrix"] == [[2, 0, 0], [1, 0, 0], [0, 1, 0]]
-    assert m2["image_level"]["defect_recall"] == 1.0
+    m2 = evaluate_detections(catalog, dets, np.array([0.1, 0.5]))
+    assert m2.confusion_matrix == [[2, 0, 0], [1, 0, 0], [0, 1, 0]]
+    assert m2.image_level["defect_recall"] == 1.0
 
 
 # ---------------------------------------------------------------------------- choices

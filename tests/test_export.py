@@ -16,10 +16,9 @@ from typer.testing import CliRunner
 from defectdet import __version__
 from defectdet.cli import app
 from defectdet.engine.export import export
-from defectdet.engine.predict import PredictOptions, predict
 from defectdet.errors import ConfigError, OutputExistsError
-from defectdet.model import model_from_checkpoint
-from detector_helpers import make_checkpoint, write_images
+from defectdet.model import PostprocessSettings, load_model
+from detector_helpers import make_checkpoint, predict_options, run_predict, write_images
 
 BOX_TOL = 0.5  # px, in original image pixels
 SCORE_TOL = 1e-4  # absolute, on scores in 0..1
@@ -53,17 +52,17 @@ def test_onnx_export_metadata_and_backend_parity(tmp_path: Path, weights: Path) 
     write_images(tmp_path / "in" / "more", 1, width=50, height=120, seed=1)
     results = {}
     for backend, w in (("torch", weights), ("onnxruntime", tmp_path / "m.onnx")):
-        o = PredictOptions(
-            weights=w,
+        o = predict_options(
+            w,
+            tmp_path / backend,
             backend=backend,
-            out=tmp_path / backend,
             conf=0.4,
             batch_size=2,
             workers=0,
             device="cpu",
             progress=False,
         )
-        predict(tmp_path / "in", o)
+        run_predict(tmp_path / "in", o)
         results[backend] = rows(tmp_path / backend / "predictions.csv")
     ref, got = results["torch"], results["onnxruntime"]
     assert len(ref) == len(got) > 0
@@ -76,16 +75,11 @@ def test_onnx_export_metadata_and_backend_parity(tmp_path: Path, weights: Path) 
 
 def test_onnxruntime_backend_needs_an_onnx_file(tmp_path: Path, weights: Path) -> None:
     write_images(tmp_path / "in", 1)
-    o = PredictOptions(
-        weights=weights,
-        backend="onnxruntime",
-        out=tmp_path / "o",
-        workers=0,
-        device="cpu",
-        progress=False,
+    o = predict_options(
+        weights, tmp_path / "o", backend="onnxruntime", workers=0, device="cpu", progress=False
     )
     with pytest.raises(ConfigError, match=r"exported \.onnx"):
-        predict(tmp_path / "in", o)
+        run_predict(tmp_path / "in", o)
 
 
 def test_torchscript_export_matches_eager(tmp_path: Path, weights: Path) -> None:
@@ -97,8 +91,9 @@ def test_torchscript_export_matches_eager(tmp_path: Path, weights: Path) -> None
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(str(out), _extra_files=extra)
     assert json.loads(extra["defectdet.json"])["class_names"] == ["scratch", "crack"]
-    model, _ = model_from_checkpoint(weights)
-    model.score_thresh = scripted.score_thresh = 0.3
+    model, _ = load_model(weights)
+    model.configure(PostprocessSettings(score_thresh=0.3))
+    scripted.score_thresh = 0.3
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 48, 64, generator=g)]
     with torch.no_grad(), warnings.catch_warnings():

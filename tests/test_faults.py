@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from defectdet.config import TrainConfig
-from defectdet.engine.train import train
+from defectdet.engine.train.loop import train
 from defectdet.errors import DefectdetError
 from defectdet.io import atomic_open, write_json
 from defectdet.model import load_checkpoint, save_checkpoint
@@ -114,7 +113,7 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(runs):
     code, log, run = runs["kill"]
     assert code == -signal.SIGKILL, log
     assert load_checkpoint(run / "weights" / "last.pt")["state"]["epoch"] < EPOCHS  # cut short
-    assert_same_weights(train(TrainConfig(), resume=run), runs["reference"][2])
+    assert_same_weights(train(resume=run), runs["reference"][2])
 
 
 @pytest.mark.slow
@@ -125,7 +124,7 @@ def test_ctrl_c_exits_130_with_a_resumable_checkpoint(runs):
     assert f"continue with: defectdet train --resume {run}" in log.replace("\n", "")
     state = load_checkpoint(run / "weights" / "last.pt")["state"]
     assert 2 <= state["global_step"] <= 2 * EPOCHS  # saved where Ctrl-C landed, in epoch 2
-    assert_same_weights(train(TrainConfig(), resume=run), runs["reference"][2])
+    assert_same_weights(train(resume=run), runs["reference"][2])
 
 
 # ---------------------------------------------------------------------------- full disk

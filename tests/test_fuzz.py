@@ -287,7 +287,7 @@ def test_box_transforms_keep_boxes_inside_with_positive_size(
     scene, preset: str, rotate90: bool, train: bool, size: int, seed: int
 ):
     w, h, boxes = scene
-    pipeline = build_transforms(AugmentConfig(preset=preset, rotate90=rotate90), size, train)
+    pipeline = build_transforms(AugmentConfig(augment=preset, rotate90=rotate90), size, train)
     pipeline.set_random_seed(seed)
     image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     out = pipeline(image=image, bboxes=boxes, labels=np.arange(len(boxes)))

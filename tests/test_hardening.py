@@ -118,10 +118,12 @@ class Evil:
 def small_checkpoint(run: Path) -> dict:
     """A resumable-looking checkpoint with ``run``'s config but no real weights (small, fast)."""
     config = yaml.safe_load((run / "config.yaml").read_text())
+    resolved = yaml.safe_load((run / "resolved.yaml").read_text())
     return {
         "kind": "defectdet-checkpoint",
         "model": {"w": torch.zeros(2)},
         "config": config,
+        **resolved,
         "optimizer": {},
         "scheduler": {},
         "scaler": {},
@@ -444,7 +446,7 @@ CONFIGS = {
     "number-keys": ("1: 2\noptim: {3: 4}", "unknown option(s) 1 in TrainConfig"),
     "string-for-number": ("optim: {epochs: many}", "optim.epochs: expected a number"),
     "list-for-section": ("optim: [1, 2]", "optim: expected a mapping"),
-    "dict-for-list": ("model: {aspect_ratios: {a: 1}}", "model.aspect_ratios: expected a list"),
+    "dict-for-list": ("optim: {step_milestones: {a: 1}}", "optim.step_milestones: expected a list"),
     "nan": ("optim: {lr: .nan}", "optim.lr: expected a finite number"),
     "infinite-int": ("optim: {epochs: .inf}", "optim.epochs: expected a finite number"),
     "binary": ("\udcff\udcfe", "not a UTF-8 text file"),
@@ -512,7 +514,7 @@ def test_exif_orientation_boxes_and_pixels_follow_the_displayed_image(
     assert (red[:, 1] >= x1).all() and (red[:, 1] < x2).all()
     assert (red[:, 0] >= y1).all() and (red[:, 0] < y2).all()
     # ... and through the training pipeline (resize to 64 px, pad): still on the marker.
-    transforms = build_transforms(AugmentConfig(preset="none"), 64, train=False)
+    transforms = build_transforms(AugmentConfig(augment="none"), 64, train=False)
     image, target = DetectionDataset(cat, 64, transforms)[0]
     bx1, by1, bx2, by2 = target["boxes"][0].tolist()
     red = np.argwhere(((image[0] > 0.8) & (image[1] < 0.3)).numpy())
@@ -613,7 +615,7 @@ def test_train_on_every_awkward_image_kind(trained: Path):
     # The truncated image passed the header check; reading it for training skips it by name.
     cat = load_dataset(trained.parent.parent / "pièces défauts 2024" / "ann.json")
     assert len(cat.problems) == 0 and cat.num_images == 12
-    dataset = DetectionDataset(cat, 64, build_transforms(AugmentConfig(preset="none"), 64, False))
+    dataset = DetectionDataset(cat, 64, build_transforms(AugmentConfig(augment="none"), 64, False))
     row = cat.images["file_name"].tolist().index("photos/cut.png")
     with pytest.warns(BadImageWarning, match=r"skipping unreadable image photos/cut\.png"):
         image, target = dataset[row]

@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from defectdet.model.losses import DefectRetinaNetHead, LossNormalizer, focal_loss
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
-from defectdet.config import LossConfig, ModelConfig
+from defectdet.config import LossConfig, TrainConfig, validate
 from defectdet.errors import ConfigError
-from defectdet.model import build_model
+from defectdet.model import ModelSpec, build_model
+from defectdet.model.build import DefectRetinaNetHead
+from defectdet.model.criterion import CLASSIFICATION_LOSSES, Criterion, LossNormalizer, focal_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,16 +84,28 @@ def test_bad_reduction_and_loss_settings() -> None:
     with pytest.raises(ValueError, match="reduction"):
         focal_loss(logits, targets, reduction="max")
     with pytest.raises(ConfigError, match="class weights"):
-        DefectRetinaNetHead(8, 9, 3, num_convs=1, loss=LossConfig(class_weight_values=[1.0, 2.0]))
+        DefectRetinaNetHead(8, 9, 3, num_convs=1, criterion=Criterion(LossConfig(), [1.0, 2.0]))
     with pytest.raises(ConfigError, match="gamma"):
-        DefectRetinaNetHead(8, 9, 3, num_convs=1, loss=LossConfig(gamma=-1.0))
+        validate(TrainConfig(loss=LossConfig(gamma=-1.0)))
+    with pytest.raises(ConfigError, match="--loss"):
+        validate(TrainConfig(loss=LossConfig(loss="hinge")))
 
 
-def test_ce_is_plain_bce() -> None:
-    head = DefectRetinaNetHead(
-        8, 9, 3, num_convs=1, loss=LossConfig(loss="ce", gamma=2, alpha=0.25)
-    )
-    assert (head.gamma, head.alpha) == (0.0, -1.0)
+def test_ce_is_plain_bce_whatever_gamma_and_alpha() -> None:
+    logits, targets = _logits_targets()
+    cfg = LossConfig(loss="ce", gamma=2, alpha=0.25)
+    ce = Criterion(cfg).classification(logits, targets, cfg)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    torch.testing.assert_close(ce, bce)
+
+
+def test_every_registered_loss_is_an_allowed_and_documented_option() -> None:
+    from defectdet.config import options
+
+    loss = options(TrainConfig)["loss"]
+    assert set(loss.spec.choice_values()) == set(CLASSIFICATION_LOSSES) >= {"focal", "ce"}
+    for name in CLASSIFICATION_LOSSES:
+        assert name in loss.spec.help  # --help names every loss
 
 
 # ---------------------------------------------------------------------------- normaliser
@@ -138,12 +151,10 @@ def test_batch_total_is_averaged_over_ddp_ranks(monkeypatch) -> None:
 
 
 # ---------------------------------------------------------------------------- in the model
-def _tiny(loss: LossConfig, head: str = "v1") -> torch.nn.Module:
-    cfg = ModelConfig(
-        num_classes=3, fpn_channels=32, head_convs=1, image_size=64, max_level=5, head=head
-    )
+def _tiny(loss: LossConfig, head: str = "v1", class_weights=None) -> torch.nn.Module:
+    spec = ModelSpec(["a", "b", "c"], 64, fpn_channels=32, head_convs=1, max_level=5, head=head)
     torch.manual_seed(0)
-    return build_model(cfg, loss).train()
+    return build_model(spec, Criterion(loss, class_weights)).train()
 
 
 def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -234,7 +245,7 @@ def test_batch_box_loss_is_sum_over_foreground() -> None:
 @torch.no_grad()
 def test_class_weights_and_ce_in_the_head() -> None:
     weights = [1.0, 0.0, 4.0]
-    model = _tiny(LossConfig(loss="ce", class_weight_values=weights))
+    model = _tiny(LossConfig(loss="ce"), class_weights=weights)
     targets, outputs, anchors, matched = _head_inputs(model, *_batch())
     ours = model.head.compute_loss(targets, outputs, anchors, matched)["classification"]
     expected = 0.0
@@ -254,7 +265,7 @@ def test_training_forward_uses_the_normaliser_and_backprops() -> None:
     losses = model(*_batch())
     assert set(losses) == {"classification", "bbox_regression"}
     sum(losses.values()).backward()
-    assert model.head.normalizer.ema.item() > 0
+    assert model.head.criterion.normalizer.ema.item() > 0
     assert model.head.classification_head.cls_logits.weight.grad is not None
 
 

@@ -7,15 +7,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from defectdet.engine.metrics import (
-    Detections,
+
+from defectdet.data.catalog import Catalog
+from defectdet.engine.evaluate.metrics import (
     confusion_matrix,
     evaluate_detections,
     image_level_metrics,
+    image_scores,
     recall_at_false_alarm,
 )
+from defectdet.engine.inference.run import Detections
 
-from defectdet.data.catalog import Catalog
+
+def thr(*values: float) -> np.ndarray:
+    """Per-class thresholds (scratch, crack); one value = both."""
+    return np.array(values * 2 if len(values) == 1 else values, dtype=float)
+
+
+def image_level(cat: Catalog, dets: list[Detections], thresholds: np.ndarray) -> dict:
+    return image_level_metrics(*image_scores(cat, dets, thresholds))
 
 
 def catalog() -> Catalog:
@@ -43,21 +53,21 @@ def det(image_id, rows) -> Detections:
 
 def test_perfect_detections_score_one_per_class():
     dets = [det(1, [[10, 10, 30, 30, 0.9, 0]]), det(2, [[50, 50, 70, 80, 0.8, 1]])]
-    m = evaluate_detections(catalog(), dets, conf=0.5)
-    assert m["map50"] == pytest.approx(1.0) and m["map"] == pytest.approx(1.0)
-    assert [c["ap50"] for c in m["classes"]] == pytest.approx([1.0, 1.0])
-    assert m["mean_class_ap50"] == pytest.approx(1.0)
-    il = m["image_level"]
+    m = evaluate_detections(catalog(), dets, thr(0.5))
+    assert m.map50 == pytest.approx(1.0) and m.map == pytest.approx(1.0)
+    assert [c.ap50 for c in m.classes] == pytest.approx([1.0, 1.0])
+    assert m.mean_class_ap50 == pytest.approx(1.0)
+    il = m.image_level
     assert (il["defect_recall"], il["false_alarm_rate"], il["accuracy"]) == (1.0, 0.0, 1.0)
     assert il["always_ok_accuracy"] == 0.5
 
 
 def test_missing_the_rare_class_shows_in_the_per_class_mean():
     dets = [det(1, [[10, 10, 30, 30, 0.9, 0]])]
-    m = evaluate_detections(catalog(), dets, conf=0.5)
-    assert [c["ap50"] for c in m["classes"]] == pytest.approx([1.0, 0.0])
-    assert m["mean_class_ap50"] == pytest.approx(0.5)
-    assert m["classes"][1]["recall"] == 0.0
+    m = evaluate_detections(catalog(), dets, thr(0.5))
+    assert [c.ap50 for c in m.classes] == pytest.approx([1.0, 0.0])
+    assert m.mean_class_ap50 == pytest.approx(0.5)
+    assert m.classes[1].recall == 0.0
 
 
 def test_confusion_matrix_background_row_and_column():
@@ -66,7 +76,7 @@ def test_confusion_matrix_background_row_and_column():
         det(2, [[0, 0, 5, 5, 0.9, 1]]),  # misses the crack, false alarm elsewhere
         det(3, [[40, 40, 60, 60, 0.2, 0]]),  # below threshold: ignored
     ]
-    cm = confusion_matrix(catalog(), dets, conf=0.5, iou=0.5)
+    cm = confusion_matrix(catalog(), dets, thr(0.5), iou=0.5)
     expected = np.zeros((3, 3), int)
     expected[0, 1] = 1  # scratch predicted as crack
     expected[1, 2] = 1  # crack missed (background column)
@@ -80,12 +90,12 @@ def test_image_level_and_per_class_thresholds():
         det(2, [[50, 50, 70, 80, 0.2, 1]]),
         det(3, [[1, 1, 9, 9, 0.35, 0]]),
     ]
-    il = image_level_metrics(catalog(), dets, conf=0.3)
+    il = image_level(catalog(), dets, thr(0.3))
     # Verdicts: 1 defect (0.4), 2 ok (0.2), 3 defect (false alarm), 4 ok.
     assert il["defect_recall"] == 0.5 and il["false_alarm_rate"] == 0.5
     assert il["accuracy"] == 0.5 and il["balanced_accuracy"] == 0.5
     assert il["auroc"] == pytest.approx(0.75)  # scores: pos 0.4, 0.2; neg 0.35, 0
-    per_class = image_level_metrics(catalog(), dets, conf={0: 0.38, 1: 0.1})
+    per_class = image_level(catalog(), dets, thr(0.38, 0.1))
     assert per_class["defect_recall"] == 1.0 and per_class["false_alarm_rate"] == 0.0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 from pathlib import Path
@@ -15,27 +14,39 @@ import torchvision
 from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from defectdet.config import LossConfig, ModelConfig, TrainConfig
+from defectdet.config import LossConfig, ModelConfig, TrainConfig, to_dict, validate
 from defectdet.errors import CheckpointError, ConfigError
 from defectdet.model import (
+    Criterion,
+    ModelSpec,
+    PostprocessSettings,
     autocast_enabled,
     build_model,
     fit_anchor_sizes,
     fit_aspect_ratios,
     load_checkpoint,
-    model_from_checkpoint,
+    load_model,
     prepare_model,
     resolve_device,
     save_checkpoint,
 )
 from defectdet.model.anchors import anchor_shapes, best_shape_iou, default_anchor_sizes
+from defectdet.model.pretrained import load_initial_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(**changes) -> ModelConfig:
-    base = dict(num_classes=3, fpn_channels=32, head_convs=2, image_size=64, max_level=5)
-    return ModelConfig(**{**base, **changes})
+def tiny(num_classes: int = 3, **changes) -> ModelSpec:
+    names = ["a", "b", "c"] if num_classes == 3 else [f"c{k}" for k in range(num_classes)]
+    base = dict(class_names=names, fpn_channels=32, head_convs=2, image_size=64, max_level=5)
+    return ModelSpec(**{**base, **changes})
+
+
+def make(score_thresh: float = 0.05, detections_per_img: int = 100, **changes) -> nn.Module:
+    """A tiny model with a criterion (it can train) and the given post-processing."""
+    model = build_model(tiny(**changes), Criterion())
+    model.configure(PostprocessSettings(score_thresh, 0.5, detections_per_img))
+    return model
 
 
 def batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -50,7 +61,7 @@ def batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
 
 # ---------------------------------------------------------------------------- building
 def test_train_forward_returns_finite_losses() -> None:
-    model = build_model(tiny()).train()
+    model = make().train()
     losses = model(*batch())
     assert set(losses) == {"classification", "bbox_regression"}
     assert all(torch.isfinite(v) for v in losses.values())
@@ -59,7 +70,7 @@ def test_train_forward_returns_finite_losses() -> None:
 
 @torch.no_grad()
 def test_eval_detections_inside_the_image() -> None:
-    model = build_model(tiny(score_thresh=0.0, detections_per_img=20)).eval()
+    model = make(score_thresh=0.0, detections_per_img=20).eval()
     images, _ = batch()
     out = model(images)
     for image, det in zip(images, out, strict=True):
@@ -91,7 +102,7 @@ def test_pyramid_levels(levels: tuple[int, int], sizes: list[int]) -> None:
 
 
 def test_v2_head_has_groupnorm_and_giou() -> None:
-    model = build_model(tiny(head="v2")).train()
+    model = make(head="v2").train()
     assert any(isinstance(m, nn.GroupNorm) for m in model.head.modules())
     assert model.head.regression_head._loss_type == "giou"
     assert torch.isfinite(model(*batch())["bbox_regression"])
@@ -107,19 +118,24 @@ def test_mobilenet_builds_and_runs() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"num_classes": 0}, "num_classes"),
+        ({"num_classes": 0}, "at least one class"),
         ({"min_level": 4}, "levels"),
         ({"max_level": 8}, "levels"),
         ({"image_size": 50}, "multiple of 32"),
         ({"image_size": 0}, "image_size"),
         ({"anchor_sizes": [8.0, 16.0]}, "anchor_sizes"),
-        ({"weights": "coco"}, "resnet50"),
         ({"backbone": "vgg16"}, "backbone"),
     ],
 )
-def test_invalid_configs(changes: dict, message: str) -> None:
+def test_invalid_specs(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build_model(tiny(**changes))
+
+
+def test_coco_weights_need_torchvisions_architecture() -> None:
+    with pytest.raises(ConfigError, match="resnet50"):
+        validate(TrainConfig(model=ModelConfig(weights="coco")))
+    validate(TrainConfig(model=ModelConfig(weights="coco", backbone="resnet50")))
 
 
 # ---------------------------------------------------------------------------- transform
@@ -159,7 +175,7 @@ def test_transform_normalises_like_torchvision() -> None:
 def test_resized_image_maps_boxes_back_to_its_own_size() -> None:
     """A 2x nearest-upsampled non-square image is bilinearly halved back exactly: same detections,
     boxes twice as large."""
-    model = build_model(tiny(score_thresh=0.0, detections_per_img=30)).eval()
+    model = make(score_thresh=0.0, detections_per_img=30).eval()
     small = torch.rand(3, 48, 64)
     large = small.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # (3, 96, 128)
     a, b = model([small])[0], model([large])[0]
@@ -180,10 +196,10 @@ def test_training_targets_scaled_only_when_resized() -> None:
 
 @torch.no_grad()
 def test_channels_last_gives_the_same_detections() -> None:
-    cfg = tiny(score_thresh=0.0, detections_per_img=10)
     torch.manual_seed(0)
-    plain = build_model(cfg).eval()
-    fast = prepare_model(build_model(cfg).eval(), torch.device("cpu"), channels_last=True)
+    plain = make(score_thresh=0.0, detections_per_img=10).eval()
+    fast = make(score_thresh=0.0, detections_per_img=10).eval()
+    fast = prepare_model(fast, torch.device("cpu"), channels_last=True)
     fast.load_state_dict(plain.state_dict())
     image = torch.rand(3, 64, 64)
     assert fast.transform([image])[0].tensors.is_contiguous(memory_format=torch.channels_last)
@@ -201,7 +217,8 @@ def _offline(monkeypatch) -> None:
 def test_offline_imagenet_message(monkeypatch) -> None:
     _offline(monkeypatch)
     with pytest.raises(ConfigError) as info:
-        build_model(tiny(backbone_weights="imagenet"))
+        spec = tiny(init="pretrained")
+        load_initial_weights(build_model(spec), spec, "", "imagenet")
     message = str(info.value)
     assert "cannot download" in message and "offline?" in message
     assert os.path.join(torch.hub.get_dir(), "checkpoints", "resnet18-") in message
@@ -209,11 +226,12 @@ def test_offline_imagenet_message(monkeypatch) -> None:
 
 
 def test_coco_weights_load_all_but_the_class_layer(monkeypatch) -> None:
-    cfg = ModelConfig(backbone="resnet50", weights="coco", num_classes=2, image_size=64)
+    spec = ModelSpec(["a", "b"], 64, backbone="resnet50", init="coco")
     torch.manual_seed(0)
     coco = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: coco.state_dict())
-    model = build_model(cfg)
+    model = build_model(spec)
+    load_initial_weights(model, spec, "coco", "none")
     ours, theirs = model.state_dict(), coco.state_dict()
     assert torch.equal(
         ours["head.regression_head.bbox_reg.weight"], theirs["head.regression_head.bbox_reg.weight"]
@@ -224,25 +242,31 @@ def test_coco_weights_load_all_but_the_class_layer(monkeypatch) -> None:
     assert ours["head.classification_head.cls_logits.weight"].shape[0] == 9 * 2
     _offline(monkeypatch)
     with pytest.raises(ConfigError, match="cannot download COCO"):
-        build_model(cfg)
+        load_initial_weights(build_model(spec), spec, "coco", "none")
 
 
 def test_backbone_weights_from_a_file(tmp_path: Path) -> None:
     resnet = torchvision.models.resnet18()
     torch.save(resnet.state_dict(), tmp_path / "r18.pth")
-    model = build_model(tiny(backbone_weights=str(tmp_path / "r18.pth")))
+    spec = tiny(init="pretrained")
+    model = build_model(spec)
+    load_initial_weights(model, spec, "", str(tmp_path / "r18.pth"))
     assert torch.equal(model.backbone.body.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
+    body = model.backbone.body
+    assert torch.equal(body.bn1.running_mean, resnet.bn1.running_mean)  # frozen BN stats too
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ConfigError, match="does not hold resnet18"):
-        build_model(tiny(backbone_weights=str(tmp_path / "bad.pth")))
+        load_initial_weights(build_model(spec), spec, "", str(tmp_path / "bad.pth"))
 
 
 def test_finetune_from_checkpoint_skips_the_class_layer(tmp_path: Path) -> None:
     source = build_model(tiny(num_classes=3))
     save_checkpoint(tmp_path / "a.pt", {"model": source.state_dict()})
+    spec = tiny(num_classes=5)
+    model = build_model(spec)
     with pytest.warns(UserWarning, match="did not fit"):
-        model = build_model(tiny(num_classes=5, weights=str(tmp_path / "a.pt")))
-    assert [s.split(":")[0] for s in model.skipped_weights] == [
+        skipped = load_initial_weights(model, spec, str(tmp_path / "a.pt"), "none")
+    assert [s.split(":")[0] for s in skipped] == [
         "head.classification_head.cls_logits.bias",
         "head.classification_head.cls_logits.weight",
     ]
@@ -251,7 +275,7 @@ def test_finetune_from_checkpoint_skips_the_class_layer(tmp_path: Path) -> None:
     other = build_model(tiny(backbone="resnet34"))
     save_checkpoint(tmp_path / "b.pt", {"model": other.state_dict()})
     with pytest.raises(ConfigError, match="another backbone"):
-        build_model(tiny(weights=str(tmp_path / "b.pt")))
+        load_initial_weights(build_model(tiny()), tiny(), str(tmp_path / "b.pt"), "none")
 
 
 # ---------------------------------------------------------------------------- anchors
@@ -270,10 +294,10 @@ def test_fitted_anchors_beat_defaults_on_small_boxes() -> None:
         best_shape_iou(box_wh, anchor_shapes(default_anchor_sizes(3, 5), [0.5, 1, 2]))
     )
     assert fitted > 0.7 > 0.3 > default
-    model = build_model(tiny(anchors="auto", anchor_sizes=sizes, aspect_ratios=ratios))
+    model = build_model(tiny(anchor_sizes=sizes, aspect_ratios=ratios))
     assert model.anchor_generator.sizes[0][0] == pytest.approx(sizes[0])
     # No boxes to fit (setup leaves anchor_sizes empty): torchvision's defaults.
-    assert build_model(tiny(anchors="auto")).anchor_generator.sizes[0][0] == 32.0
+    assert build_model(tiny()).anchor_generator.sizes[0][0] == 32.0
 
 
 def test_anchor_fit_edge_cases() -> None:
@@ -286,17 +310,19 @@ def test_anchor_fit_edge_cases() -> None:
 
 # ---------------------------------------------------------------------------- checkpoints
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
-    cfg = tiny(class_names=["a", "b", "c"], score_thresh=0.0)
-    model = build_model(cfg, LossConfig(normalizer="ema"))
+    spec = tiny()
+    model = build_model(spec, Criterion(LossConfig(normalizer="ema")))
+    model.configure(PostprocessSettings(score_thresh=0.0))
     model.train()(*batch())  # moves BatchNorm stats and the loss EMA
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     sum(model(*batch()).values()).backward()
     optimizer.step()
-    train_cfg = TrainConfig(model=cfg, loss=LossConfig(normalizer="ema"))
+    train_cfg = TrainConfig(loss=LossConfig(normalizer="ema"))
     payload = {
         "model": model.state_dict(),
-        "config": train_cfg.to_dict(),
-        "classes": cfg.class_names,
+        "config": to_dict(train_cfg),
+        "model_spec": spec.to_dict(),
+        "classes": spec.class_names,
         "epoch": 3,
         "optimizer": optimizer.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
@@ -307,11 +333,12 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert loaded["epoch"] == 3 and loaded["classes"] == ["a", "b", "c"]
     for key, value in payload["model"].items():
         assert torch.equal(loaded["model"][key], value), key
-    assert loaded["model"]["head.normalizer.ema"] > 0
+    assert loaded["model"]["head.criterion.normalizer.ema"] > 0
     assert loaded["rng"]["python"] == payload["rng"]["python"]
 
-    rebuilt, rebuilt_cfg = model_from_checkpoint(tmp_path / "last.pt", "cpu")
-    assert rebuilt_cfg == cfg and not rebuilt.training
+    rebuilt, rebuilt_spec = load_model(tmp_path / "last.pt", "cpu")
+    assert rebuilt_spec == spec and not rebuilt.training and rebuilt.head.criterion is None
+    rebuilt.configure(PostprocessSettings(score_thresh=0.0))
     image = [torch.rand(3, 64, 64)]
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(image)[0]["scores"], model.eval()(image)[0]["scores"])
@@ -363,14 +390,11 @@ def test_load_errors(tmp_path: Path) -> None:
 def test_checkpoint_without_config(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "a.pt", {"model": build_model(tiny()).state_dict()})
     with pytest.raises(CheckpointError, match="no saved model config"):
-        model_from_checkpoint(tmp_path / "a.pt")
-    bad = dataclasses.replace(tiny(), num_classes=4)
-    payload = {
-        "model": build_model(tiny()).state_dict(),
-        "config": TrainConfig(model=bad).to_dict(),
-    }
+        load_model(tmp_path / "a.pt")
+    bad = tiny(num_classes=4)
+    payload = {"model": build_model(tiny()).state_dict(), "model_spec": bad.to_dict()}
     with pytest.raises(CheckpointError, match="do not fit"):
-        model_from_checkpoint(payload)
+        load_model(payload)
 
 
 # ---------------------------------------------------------------------------- device

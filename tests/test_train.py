@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from conftest import TINY_MODEL_ARGS
 from defectdet.cli import app
-from defectdet.config import TrainConfig, load_config
-from defectdet.engine import train as train_module
-from defectdet.engine.train import Interrupted, TrainingDiverged, train
+from defectdet.config import TrainConfig, load_config, load_yaml
+from defectdet.engine.train import loop as train_module
+from defectdet.engine.train.loop import Interrupted, TrainingDiverged, train
 from defectdet.model import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -74,8 +74,8 @@ def tiny_config(data: Path, project: Path, **run) -> TrainConfig:
     cfg = TrainConfig()
     cfg.data.path = str(data)
     m = cfg.model
-    m.image_size, m.fpn_channels, m.head_convs, m.min_level, m.max_level = 64, 32, 1, 3, 5
-    cfg.augment.preset = "none"
+    m.image_size, m.fpn_channels, m.head_convs, m.levels = 64, 32, 1, "3-5"
+    cfg.augment.augment = "none"
     cfg.optim.batch_size, cfg.optim.warmup_iters = 4, 5
     cfg.optim.lr, cfg.optim.optimizer = 0.001, "adamw"
     cfg.run.workers, cfg.run.project = 0, str(project)
@@ -96,8 +96,11 @@ def test_learns_to_high_ap50_and_writes_the_run_folder(tmp_path: Path):
     assert final["mean_class_ap50"] >= 0.8, final.to_dict()
     assert final["ap50_white"] >= 0.6 and final["ap50_black"] >= 0.6
     assert final["defect_recall"] == 1.0
-    saved = load_config(run / "config.yaml")
-    assert saved.model.class_names == ["white", "black"] and saved.optim.epochs == 15
+    saved = load_config(run / "config.yaml")  # the user's options, loadable with --config
+    assert saved == cfg and saved.optim.epochs == 15
+    resolved = load_yaml(run / "resolved.yaml")  # what the data decided, apart
+    assert resolved["model_spec"]["class_names"] == ["white", "black"]
+    assert resolved["model_spec"]["image_size"] == 64
     for name in ("weights/best.pt", "weights/last.pt", "training.png"):
         assert (run / name).stat().st_size > 0
     best = load_checkpoint(run / "weights" / "best.pt")
@@ -123,7 +126,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
 ):
     kwargs = {
         "optim__epochs": 3,
-        "augment__preset": "light",
+        "augment__augment": "light",
         "sampler__sampler": "repeat-factor",
         "run__eval_interval": 3,
     }
@@ -134,7 +137,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
             train(tiny_config(easy_data, tmp_path / "b", **kwargs))
     run_b = tmp_path / "b" / "exp"
     assert load_checkpoint(run_b / "weights" / "last.pt")["state"]["global_step"] == stop_at
-    resumed = train(TrainConfig(), resume=run_b)
+    resumed = train(resume=run_b)
     a = load_checkpoint(full / "weights" / "last.pt")
     b = load_checkpoint(resumed / "weights" / "last.pt")
     assert a["state"]["global_step"] == b["state"]["global_step"]
@@ -146,7 +149,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
 def test_nan_loss_stops_with_a_message_naming_the_step(
     easy_data: Path, tmp_path: Path, monkeypatch
 ):
-    from defectdet.model.losses import DefectRetinaNetHead
+    from defectdet.model.build import DefectRetinaNetHead
 
     def nan_loss(self, *args, **kwargs):
         return {
@@ -181,7 +184,7 @@ def test_cli_train_never_overwrites_and_reports_bad_options(easy_data: Path, tmp
         assert result.exit_code == 0, result.output
         assert (tmp_path / expected / "weights" / "last.pt").is_file()
     bad = runner.invoke(app, [*args, "--gamma", "-1"])
-    assert bad.exit_code == 2 and "--gamma must be" in bad.output
+    assert bad.exit_code == 2 and "--gamma" in bad.output and "≥ 0" in bad.output
     missing = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])
     assert missing.exit_code == 3 and "not found" in missing.output
     odd_size = runner.invoke(app, [*args, "--image-size", "70"])

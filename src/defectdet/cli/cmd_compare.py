@@ -58,8 +58,10 @@ def compare(
     with the same budget, split and seed, evaluate each, and print one table: mAP50, mean
     per-class AP50, AP50 of the rarest class, defect recall at a fixed false-alarm rate, and
     training time. Writes compare.csv, compare.md and compare.png in PROJECT/NAME; a finished
-    variant is not trained again, an interrupted one resumes. Train options given here apply
-    to every variant (a variant's own keys win); every variant is checked before any trains.
+    variant is not trained again, an interrupted one resumes.
+
+    Train options given here apply to every variant (a variant's own keys win); every variant
+    is checked before any trains.
 
     [dim]Example:
       defectdet compare data/ --epochs 10 --runs "loss=ce" "loss=focal,gamma=2" \\

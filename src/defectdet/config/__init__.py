@@ -52,6 +52,7 @@ __all__ = [
     "to_dict",
     "to_yaml",
     "train_config",
+    "upgrade",
     "validate",
 ]
 
@@ -76,8 +77,10 @@ _DERIVED = {
 }
 
 
-def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+def upgrade(data: Any) -> Any:
     """A config mapping in today's keys (configs written by 0.1 renamed some; see above)."""
+    if not isinstance(data, dict):
+        return data  # from_dict names the problem
     out: dict[str, Any] = {}
     for section, body in data.items():
         if not isinstance(body, dict):

@@ -14,6 +14,7 @@ from typing import Any
 
 from defectdet.config import values as v
 from defectdet.config.schema import opt
+from defectdet.errors import ConfigError
 
 _D, _M, _L, _S, _A, _O, _R, _T = (
     "Data",
@@ -70,6 +71,20 @@ def _check_tile(value: int) -> None:
 
 def _check_device(value: str) -> None:
     v.parse_device(value)
+
+
+def _check_coco(m: ModelConfig) -> None:
+    """COCO weights exist for one architecture only: torchvision's retinanet_resnet50_fpn."""
+    want = {"backbone": "resnet50", "head": "v1", "fpn_channels": 256, "head_convs": 4}
+    wrong = [f"{k}={getattr(m, k)}" for k, w in want.items() if getattr(m, k) != w]
+    if m.levels.replace(" ", "") != "3-7":
+        wrong.append(f"levels={m.levels}")
+    if wrong:
+        raise ConfigError(
+            "--weights coco loads torchvision's retinanet_resnet50_fpn, which needs backbone "
+            "resnet50, head v1, fpn_channels 256, head_convs 4 and levels 3-7; this config has "
+            f"{', '.join(wrong)}. Use --backbone-weights imagenet instead."
+        )
 
 
 # Options that appear in more than one section are defined once here.
@@ -364,6 +379,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+
+    def cross_check(self) -> None:
+        """Rules between options; raises ConfigError."""
+        if self.model.weights == "coco":
+            _check_coco(self.model)
 
     def runtime(self) -> RuntimeConfig:
         """The inference runtime of train-time validation (the run's own batch, workers, device)."""

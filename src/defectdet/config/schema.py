@@ -176,6 +176,9 @@ def validate(cfg: Any) -> Any:
                 f"{option.cli} (config key {option.key}): {value!r} {why}; "
                 f"allowed: {option.spec.describe()}"
             )
+    cross_check = getattr(cfg, "cross_check", None)
+    if cross_check is not None:  # rules between options (e.g. COCO weights need resnet50)
+        cross_check()
     return cfg
 
 
@@ -191,15 +194,19 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
 def apply(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     """A copy of ``cfg`` with the options in ``data`` set (None values mean "not given")."""
     table = options(type(cfg))
+    sections = {o.section for o in table.values() if o.section}
     flat: dict[str, Any] = {}
     for key, value in data.items():
         key = str(key)
-        section = next((o.section for o in table.values() if o.section == key), None)
-        if section is not None and isinstance(value, dict):
+        # ``loss``, ``sampler`` and ``augment`` are sections and options: a mapping is the section.
+        if key in sections and (isinstance(value, dict) or key not in table):
+            if not isinstance(value, dict):
+                at = f"{where}: {key}" if where else key
+                raise ConfigError(f"{at}: expected a mapping, got {type(value).__name__}")
             for sub_key, sub_value in value.items():
-                flat[_known(str(sub_key), table, where, section)] = sub_value
+                flat[_known(str(sub_key), table, where, key)] = sub_value
         else:
-            flat[_known(key, table, where)] = value
+            flat[_known(key, table, where, "", type(cfg).__name__)] = value
     nested = {s: dataclasses.asdict(getattr(cfg, s)) for s, _ in _sections(type(cfg)) if s}
     plain = dataclasses.asdict(cfg) if not nested else {}
     for name, value in flat.items():
@@ -215,14 +222,17 @@ def apply(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
     return type(cfg)(**{s: hints[s](**v) for s, v in nested.items()})
 
 
-def _known(key: str, table: dict[str, Option], where: str, section: str = "") -> str:
+def _known(
+    key: str, table: dict[str, Option], where: str, section: str = "", owner: str = ""
+) -> str:
     name = key.strip().replace("-", "_")
     if name in table and (not section or table[name].section == section):
         return name
     prefix = f"{where}: " if where else ""
-    near = ", ".join(sorted(n for n in table if table[n].section == section)) if section else ""
-    hint = f"; options of {section}: {near}" if section else " (see defectdet train --help)"
-    raise ConfigError(f"{prefix}unknown option {key!r}{' in ' + section if section else ''}{hint}")
+    known = sorted(n for n in table if not section or table[n].section == section)
+    raise ConfigError(
+        f"{prefix}unknown option(s) {key} in {section or owner}; known: {', '.join(known)}"
+    )
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:

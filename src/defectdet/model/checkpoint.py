@@ -110,7 +110,7 @@ def _file_kind(path: Path) -> str:
     except OSError as exc:
         return f"cannot read it ({exc.strerror or exc})"
     if not head:
-        return "empty file"
+        return "empty or truncated file"
     if head.startswith(_MAGIC):
         return ""
     printable = all(32 <= b < 127 or b in (9, 10, 13) for b in head)

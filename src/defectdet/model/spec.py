@@ -98,8 +98,10 @@ class ModelSpec:
         if not isinstance(model, dict):
             raise CheckpointError(f"{where} has no saved model config (config.model)")
         names = model.get("class_names") or [
-            f"class{k}" for k in range(int(model.get("num_classes", 0)))
+            f"class{k}" for k in range(int(model.get("num_classes") or 0))
         ]
+        if not names or not model.get("image_size"):
+            raise CheckpointError(f"{where} has no saved model spec (classes and image size)")
         pretrained = model.get("backbone_weights", "none") != "none" or bool(model.get("weights"))
         try:
             return cls(

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+import defectdet.engine.train.distributed as ddp
 from defectdet import __version__
-from defectdet.config import TrainConfig, to_dict, to_yaml, train_config, validate
+from defectdet.config import TrainConfig, from_dict, to_dict, to_yaml, upgrade, validate
 from defectdet.console import err, out
 from defectdet.data.augment import (
     CopyPaste,
@@ -36,7 +37,6 @@ from defectdet.engine.evaluate.metrics import MetricsResult
 from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.progress import RateProgress, print_sampling
-from defectdet.engine.train import distributed as ddp
 from defectdet.engine.train.history import History
 from defectdet.engine.train.schedule import build_optimizer, build_scheduler
 from defectdet.engine.train.setup import Resolved, load_run_data, new_run_dir, resolve
@@ -91,10 +91,14 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
     ckpt = load_checkpoint(ckpt_path)
     if "optimizer" not in ckpt or "state" not in ckpt:
         raise CheckpointError(f"{ckpt_path} is not a resumable checkpoint (use last.pt)")
-    try:  # the run continues with the config it saved: it must still parse and validate
-        ckpt["config"] = train_config(ckpt.get("config"), "config")
+    try:  # the run continues with the config it saved: it must still parse...
+        cfg = from_dict(TrainConfig, upgrade(ckpt.get("config")), "config")
     except ConfigError as exc:
         raise CheckpointError(f"{ckpt_path}: cannot resume, its saved {exc}") from None
+    try:  # ...and hold allowed values (checked like options from any other source)
+        ckpt["config"] = validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{ckpt_path}: cannot resume, its saved options: {exc}") from None
     ckpt["resolved"] = Resolved.from_checkpoint(ckpt, str(ckpt_path))
     return run_dir, ckpt
 
