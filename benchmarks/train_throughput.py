@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from defectdet.engine.train.setup import RunData
 from PIL import Image
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -36,6 +35,7 @@ from defectdet.config import TrainConfig
 from defectdet.data.formats import load_dataset
 from defectdet.data.synth import SynthConfig, synthesize
 from defectdet.engine.train.loop import Trainer
+from defectdet.engine.train.setup import RunData
 
 
 def plain_model(num_classes: int, size: int) -> RetinaNet:

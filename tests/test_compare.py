@@ -34,9 +34,9 @@ def test_every_variant_is_checked_before_anything_trains(tmp_path: Path, monkeyp
         raise AssertionError("trained before checking every variant")
 
     monkeypatch.setattr(cmp, "_train_or_resume", no_training)
-    variants = [cmp.parse_variant("loss=ce"), cmp.parse_variant("background_fraction=0")]
+    variants = [cmp.parse_variant("loss=ce"), cmp.parse_variant("background_fraction=2")]
     base = tiny_config(tmp_path / "missing-data", tmp_path)
-    with pytest.raises(ConfigError, match=r"background_fraction=0.*--background-fraction"):
+    with pytest.raises(ConfigError, match=r"background_fraction=2.*--background-fraction"):
         cmp.run_compare(base, variants, tmp_path / "study")
     with pytest.raises(ConfigError, match="--select-metric"):
         cmp.run_compare(base, [cmp.parse_variant("select_metric=bogus")], tmp_path / "s")

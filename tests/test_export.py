@@ -157,3 +157,22 @@ def test_evaluate_onnxruntime_backend_matches_torch(
     _assert_close(ref["pr_curves"], got["pr_curves"])
     wrong = CliRunner().invoke(app, [*base, "-w", str(weights), "--backend", "onnxruntime"])
     assert wrong.exit_code == 2 and "exported .onnx" in wrong.stderr
+
+
+def test_export_without_the_onnx_extra_is_one_line(tmp_path: Path, weights: Path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the [onnx] extra were missing
+    res = CliRunner().invoke(app, ["export", "-w", str(weights), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "pip install 'defectdet[onnx]'" in " ".join(res.output.split())
+    assert not (tmp_path / "m.onnx").exists()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    (tmp_path / "in").mkdir()
+    write_images(tmp_path / "in", 1)
+    onnx_file = tmp_path / "x.onnx"
+    onnx_file.write_bytes(b"not used")
+    res = CliRunner().invoke(
+        app, ["predict", str(tmp_path / "in"), "-w", str(onnx_file), "--backend", "onnxruntime"]
+    )
+    assert res.exit_code == 2 and "defectdet[onnx]" in " ".join(res.output.split())

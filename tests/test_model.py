@@ -423,3 +423,16 @@ def test_autocast_only_on_cuda() -> None:
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert not autocast_enabled(None, cpu) and not autocast_enabled(True, cpu)
     assert autocast_enabled(None, gpu) and not autocast_enabled(False, gpu)
+
+
+def test_unreadable_checkpoints_are_one_clear_line(tmp_path: Path, recwarn) -> None:
+    (tmp_path / "notes.pt").write_text("epoch 3, looked good\n")
+    with pytest.raises(CheckpointError, match="a text file, not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "notes.pt")
+    import pickle
+
+    with open(tmp_path / "plain.pkl.pt", "wb") as fh:  # a plain pickle, not torch.save
+        pickle.dump({"model": _Custom()}, fh, protocol=4)
+    with pytest.raises(CheckpointError, match="is not a readable defectdet checkpoint"):
+        load_checkpoint(tmp_path / "plain.pkl.pt")
+    assert not [w for w in recwarn if "pickle" in str(w.message).lower()]  # torch's note hidden

@@ -32,7 +32,7 @@ BAD_VALUES = [  # option, bad value, words of the allowed values
     ("gamma", -1.0, "≥ 0"),
     ("loss", "hinge", "focal, ce"),
     ("select_metric", "bogus", "mean_class_ap50"),
-    ("background_fraction", 0.0, "> 0 and ≤ 1"),
+    ("background_fraction", 1.5, "≥ 0 and ≤ 1"),
     ("levels", "3-9", "LOW-HIGH"),
     ("image_size", 70, "multiple of 32"),
     ("class_weights", "loud", "effective[:BETA]"),
@@ -106,7 +106,7 @@ def test_yaml_grid_and_variant_values_are_checked_the_same_way(tmp_path: Path) -
     loaded = load_config(flat)
     assert loaded.loss.gamma == 1.5 and loaded.sampler.sampler == "repeat-factor"
     grid = tmp_path / "grid.yaml"
-    grid.write_text("base:\n  epochs: 1\nvariants:\n  - loss=ce\n  - background_fraction=0\n")
+    grid.write_text("base:\n  epochs: 1\nvariants:\n  - loss=ce\n  - background_fraction=2\n")
     res = runner.invoke(app, ["compare", str(tmp_path / "none"), "--grid", str(grid)])
     assert res.exit_code == 2 and "--background-fraction" in res.output
     res = runner.invoke(app, ["compare", str(tmp_path / "none"), "--runs", "select_metric=x"])

@@ -1,3 +1,5 @@
+"""``python -m defectdet``: the same command line as ``defectdet``."""
+
 from defectdet.cli import main
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from defectdet.config.values import parse_class_weights
 from defectdet.data.repeat_factors import repeat_factors as repeat_factors  # re-exported
 from defectdet.errors import ConfigError
 
@@ -85,39 +86,6 @@ def inverse_weights(counts: np.ndarray, power: float = 1.0) -> np.ndarray:
     return _normalise(raw, n)
 
 
-def _number(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"--class-weights: {what} {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"--class-weights: {what} {text!r} is not a finite number")
-    return value
-
-
-def _manual_weights(spec: str, class_names: list[str]) -> np.ndarray:
-    """``name=W,name=W``: listed classes get W, the others 1.0."""
-    index = {name: i for i, name in enumerate(class_names)}
-    weights = np.ones(len(class_names), dtype=np.float64)
-    seen: set[str] = set()
-    for item in spec.split(","):
-        name, sep, value = item.strip().rpartition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ConfigError(f"--class-weights: expected name=WEIGHT, got {item.strip()!r}")
-        if name not in index:
-            valid = ", ".join(class_names) or "(none)"
-            raise ConfigError(f"--class-weights: unknown class {name!r}; classes are: {valid}")
-        if name in seen:
-            raise ConfigError(f"--class-weights: class {name!r} is given twice")
-        w = _number(value.strip(), f"weight of {name!r}")
-        if w < 0:
-            raise ConfigError(f"--class-weights: weight of {name!r} must be >= 0, got {w}")
-        seen.add(name)
-        weights[index[name]] = w
-    return weights
-
-
 def class_weights(spec: str, counts: np.ndarray, class_names: list[str]) -> np.ndarray:
     """Per-class loss weights from the ``--class-weights`` spec.
 
@@ -127,24 +95,24 @@ def class_weights(spec: str, counts: np.ndarray, class_names: list[str]) -> np.n
     counts = np.asarray(counts)
     if len(counts) != len(class_names):
         raise ValueError(f"{len(counts)} counts for {len(class_names)} classes")
-    text = (spec or "none").strip()
-    key, _, arg = text.partition(":")
-    key = key.strip().lower()
-    if key == "none" and not arg:
-        return np.ones(len(class_names), dtype=np.float64)
-    if key == "inverse" and not arg:
+    try:
+        kind, beta, manual = parse_class_weights(spec or "none")
+    except ValueError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith("--") else f"--class-weights: {text}") from None
+    if kind == "inverse":
         return inverse_weights(counts, 1.0)
-    if key == "sqrt-inverse" and not arg:
+    if kind == "sqrt-inverse":
         return inverse_weights(counts, 0.5)
-    if key == "effective":
-        beta = _number(arg.strip(), "beta") if arg.strip() else DEFAULT_BETA
-        return effective_number_weights(counts, beta)
-    if "=" in text:
-        return _manual_weights(text, class_names)
-    raise ConfigError(
-        f"--class-weights: {spec!r} is not one of none, inverse, sqrt-inverse, "
-        "effective[:BETA] or name=WEIGHT,..."
-    )
+    if kind == "effective":
+        return effective_number_weights(counts, DEFAULT_BETA if beta is None else beta)
+    weights = np.ones(len(class_names), dtype=np.float64)
+    for name, w in manual.items():
+        if name not in class_names:
+            valid = ", ".join(class_names) or "(none)"
+            raise ConfigError(f"--class-weights: unknown class {name!r}; classes are: {valid}")
+        weights[class_names.index(name)] = w
+    return weights
 
 
 # ---------------------------------------------------------------------------- advice

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from defectdet.cli.app import FormatOpt, StrictOpt, _load, app, handle_errors
+from defectdet.config.values import parse_number_map
 from defectdet.console import err, out
 from defectdet.errors import ConfigError
 
@@ -97,7 +98,10 @@ def synth(
         val_fraction=val_fraction,
     )
     if classes:
-        cfg.classes = _parse_weights(classes, "--classes")
+        try:
+            cfg.classes = parse_number_map(classes, "--classes", low=0, what="WEIGHT")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     summary = synthesize(out_dir, cfg, overwrite=overwrite)
     out.print(
         f"wrote {summary['images']} images ({summary['background_images']} defect-free) "
@@ -105,18 +109,6 @@ def synth(
     )
     for name, n in summary["per_class"].items():
         out.print(f"  {name}: {n}")
-
-
-def _parse_weights(text: str, option: str) -> dict[str, float]:
-    result: dict[str, float] = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            result[name.strip()] = float(value) if sep else 1.0
-        except ValueError:
-            msg = f"{option}: {value!r} is not a number (expected name=W,...)"
-            raise ConfigError(msg) from None
-    return result
 
 
 # ---------------------------------------------------------------------------- convert

@@ -227,10 +227,9 @@ class SamplerConfig:
     )
     background_fraction: float = opt(
         1.0,
-        "Share of defect-free images used each epoch (they take turns).",
+        "Share of defect-free images used each epoch (they take turns; 0 = none).",
         low=0,
         high=1,
-        low_open=True,
         panel=_S,
     )
     undersample_majority: float = opt(

@@ -188,11 +188,14 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     (``{"gamma": 2}``) or mixed; checks names and types (not ranges: see :func:`validate`)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    return apply(cls(), data, where)
+    return apply(cls(), data, where, file_keys=True)
 
 
-def apply(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
-    """A copy of ``cfg`` with the options in ``data`` set (None values mean "not given")."""
+def apply(cfg: Any, data: dict[str, Any], where: str = "", file_keys: bool = False) -> Any:
+    """A copy of ``cfg`` with the options in ``data`` set (None values mean "not given").
+
+    Type errors name the option as the source does: ``optim.lr`` for files (``file_keys``),
+    ``--lr`` for the command line and variants."""
     table = options(type(cfg))
     sections = {o.section for o in table.values() if o.section}
     flat: dict[str, Any] = {}
@@ -213,7 +216,10 @@ def apply(cfg: Any, data: dict[str, Any], where: str = "") -> Any:
         if value is None:
             continue
         option = table[name]
-        at = f"{where}: {option.key}" if where else option.cli
+        if file_keys:
+            at = f"{where}.{option.key}" if where else option.key
+        else:
+            at = f"{where}: {option.cli}" if where else option.cli
         coerced = _coerce(option.type, value, at)
         (nested[option.section] if option.section else plain)[name] = coerced
     if not nested:

@@ -34,19 +34,23 @@ def parse_number(text: str, option: str, what: str = "value") -> float:
 
 
 def parse_number_map(
-    text: str, option: str, low: float = -math.inf, high: float = math.inf
+    text: str,
+    option: str,
+    low: float = -math.inf,
+    high: float = math.inf,
+    what: str = "VALUE",
 ) -> dict[str, float]:
     """``"crack=0.15,scratch=0.4"`` -> ``{name: value}`` with each value in [low, high]; a name
-    given twice is an error."""
+    given twice is an error. Used for ``--class-conf``, ``--class-weights`` and synth's
+    ``--classes``."""
     out: dict[str, float] = {}
-    for name, raw in parse_pairs(text, option):
+    for name, raw in parse_pairs(text, option, what):
         if name in out:
             raise ValueError(f"{option}: {name!r} is given twice")
-        value = parse_number(raw, option, f"value of {name!r}")
+        value = parse_number(raw, option, f"{what.lower()} of {name!r}")
         if not low <= value <= high:
-            raise ValueError(
-                f"{option}: value of {name!r} must be in [{low:g}, {high:g}], got {value:g}"
-            )
+            bound = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+            raise ValueError(f"{option}: {what.lower()} of {name!r} must be {bound}, got {value:g}")
         out[name] = value
     return out
 
@@ -74,12 +78,14 @@ def parse_class_weights(text: str) -> tuple[str, float | None, dict[str, float]]
     if key in CLASS_WEIGHT_KINDS and not colon:
         return key, None, {}
     if key == "effective":
+        if not arg.strip():
+            return key, None, {}
         beta = parse_number(arg.strip(), "--class-weights", "beta")
         if not 0 <= beta < 1:
             raise ValueError(f"--class-weights: beta must be in [0, 1), got {beta:g}")
         return key, beta, {}
     if "=" in spec:
-        return "manual", None, parse_number_map(spec, "--class-weights", low=0)
+        return "manual", None, parse_number_map(spec, "--class-weights", low=0, what="WEIGHT")
     raise ValueError(
         f"{spec!r} is not one of none, inverse, sqrt-inverse, effective[:BETA] or name=WEIGHT,..."
     )

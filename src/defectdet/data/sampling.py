@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from defectdet.config import SamplerConfig
+from defectdet.config import SamplerConfig, validate
 from defectdet.data.repeat_factors import repeat_factors_per_image
-from defectdet.errors import ConfigError
 
 # Tags that keep the random streams of the different per-epoch decisions independent.
 _TAG_BACKGROUND, _TAG_MAJORITY, _TAG_DRAW, _TAG_SHUFFLE = 1, 2, 3, 4
@@ -76,10 +75,7 @@ class EpochSampler(Sampler[int]):
             raise ValueError(f"image_class_counts must be 2-D, got shape {counts.shape}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        for name in ("background_fraction", "undersample_majority", "repeat_threshold"):
-            value = getattr(cfg, name)
-            if not 0 <= value <= 1:
-                raise ConfigError(f"sampler.{name} must be between 0 and 1, got {value}")
+        validate(cfg)  # the option schema's ranges (one owner), for callers that skipped it
         self.counts, self.cfg, self.seed = counts, cfg, int(seed)
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.encode_copies = shuffle, encode_copies
