@@ -1,1 +1,1 @@
-"""compare"""
+"""``defectdet compare``: imbalance remedies trained with one budget and tabulated."""

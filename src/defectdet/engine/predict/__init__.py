@@ -1,1 +1,1 @@
-"""predict"""
+"""``defectdet predict``: the streamed prediction run and its output files."""
