@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from defectdet.cli import app
 from defectdet.config import (
+    DEFAULT_CONF,
     PredictConfig,
     TrainConfig,
     apply,
@@ -58,7 +59,7 @@ def test_every_option_is_on_the_cli_with_its_help_and_default() -> None:
         assert option.cli in text, name
         first_words = " ".join(option.spec.help.split()[:3])
         assert first_words in text, (name, first_words)
-    assert "[default: 0.25]" in text and "[default: mean_class_ap50]" in text
+    assert "else 0.25" in text and "[default: mean_class_ap50]" in text
     compare = _help("compare")
     for name in ("gamma", "sampler", "copy_paste", "conf", "levels"):
         assert options(TrainConfig)[name].cli in compare  # compare takes every train option
@@ -70,7 +71,8 @@ def test_every_option_is_on_the_cli_with_its_help_and_default() -> None:
 
 def test_one_default_per_inference_option() -> None:
     train, predict = TrainConfig().infer, PredictConfig().infer
-    assert train == predict and train.conf == 0.25
+    # None: the checkpoint's calibrated thresholds, else DEFAULT_CONF (one rule, one place).
+    assert train == predict and train.conf is None and DEFAULT_CONF == 0.25
     assert TrainConfig().runtime().batch_size == PredictConfig().runtime.batch_size
 
 

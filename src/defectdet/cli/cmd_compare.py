@@ -43,6 +43,14 @@ def compare(
         float,
         typer.Option(help="False-alarm rate for the defect-recall column.", rich_help_panel=_STUDY),
     ] = 0.05,
+    at_recall: Annotated[
+        float,
+        typer.Option(
+            help="Defect recall for the false-alarms column (image level). Not --target-recall, "
+            "which every variant's calibration takes.",
+            rich_help_panel=_STUDY,
+        ),
+    ] = 0.9,
     project: Annotated[
         str, typer.Option(help="Parent folder of studies.", rich_help_panel=_STUDY)
     ] = "runs/compare",
@@ -68,10 +76,12 @@ def compare(
           "loss=focal,sampler=repeat-factor" "loss=focal,class_weights=effective"[/]
     """
     from defectdet.config import apply, load_config
-    from defectdet.engine.compare.run import load_grid, parse_variant, run_compare
+    from defectdet.engine.compare.run import TablePoints, load_grid, parse_variant, run_compare
 
     if not 0 < far < 1:
         raise ConfigError(f"--far must be between 0 and 1, got {far:g}")
+    if not 0 < at_recall <= 1:
+        raise ConfigError(f"--at-recall must be in (0, 1], got {at_recall:g}")
     cfg = load_config(config)
     variants = []
     if grid is not None:
@@ -82,4 +92,4 @@ def compare(
         raise ConfigError(f"unexpected arguments {' '.join(ctx.args)} (variants go after --runs)")
     variants += [parse_variant(t) for t in texts]
     cfg = apply(cfg, {"path": str(data), **given(options)})
-    run_compare(cfg, variants, Path(project) / name, far)
+    run_compare(cfg, variants, Path(project) / name, TablePoints(far, at_recall))

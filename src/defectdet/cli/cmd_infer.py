@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from defectdet.cli.app import FormatOpt, StrictOpt, _load, app, handle_errors
 from defectdet.cli.options import given, schema_options
-from defectdet.config import PredictConfig
+from defectdet.config import CalibrateRunConfig, PredictConfig
 from defectdet.console import err, out
 
 # ---------------------------------------------------------------------------- predict
@@ -174,23 +174,93 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (≥ 17).")] = 17,
     check: Annotated[
-        bool, typer.Option(help="Compare the export with PyTorch on sample images.")
+        bool,
+        typer.Option(
+            help="Compare the export with PyTorch on sample images; refuse it (exit 1) when "
+            "boxes differ by more than 0.5 px or scores by more than 1e-4."
+        ),
     ] = True,
+    images: Annotated[
+        str | None,
+        typer.Option(
+            help="Sample images for the check (an image, folder, glob or list, as for predict; "
+            "default: generated ones)."
+        ),
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX or TorchScript.
 
     Export a checkpoint to ONNX (network only, dynamic batch; use with predict --backend
-    onnxruntime) or TorchScript (the whole detector).
+    onnxruntime) or TorchScript (the whole detector). The checkpoint's calibrated thresholds
+    go along in the export's metadata, so a deployed model decides as the checkpoint did.
 
     [dim]Example: defectdet export -w runs/train/exp/weights/best.pt --format onnx[/dim]
     """
     from defectdet.engine.export import export as run_export
 
-    info = run_export(weights, to, out_path, overwrite=overwrite, opset=opset, check=check)
+    info = run_export(
+        weights, to, out_path, overwrite=overwrite, opset=opset, check=check, images=images
+    )
+    calibrated = "calibrated thresholds" if info["calibrated"] else "uncalibrated"
     out.print(
         f"wrote {escape(info['out'])} ({info['bytes'] / 1e6:.1f} MB, {to}, "
-        f"image size {info['image_size']}, classes {escape(', '.join(info['classes']))})"
+        f"image size {info['image_size']}, classes {escape(', '.join(info['classes']))}, "
+        f"{calibrated})"
     )
     if info["max_abs_diff"]:
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in info["max_abs_diff"].items())
         out.print(f"largest difference from PyTorch: {diffs}")
+
+
+# ---------------------------------------------------------------------------- calibrate
+@app.command()
+@handle_errors
+@schema_options(CalibrateRunConfig)
+def calibrate(
+    data: Annotated[Path, typer.Argument(help="Labelled dataset to choose the thresholds on.")],
+    weights: Annotated[
+        Path, typer.Option("--weights", "-w", help="Checkpoint to calibrate (weights/best.pt).")
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split to calibrate on, or 'all' (default: val or test, else all)."),
+    ] = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Checkpoint to write (default: beside the weights, NAME-calibrated.pt, "
+            "numbered if taken; never overwritten).",
+        ),
+    ] = None,
+    fmt: FormatOpt = "auto",
+    strict: StrictOpt = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the operating point as JSON on stdout.")
+    ] = False,
+    **options: Any,
+) -> None:
+    """Choose per-class score thresholds on a labelled split for what the line needs.
+
+    Objectives: the maximum F1 per class (default); --target-recall R (or crack=0.99,...) per
+    class; --level image --target-recall R, the share of defective parts caught; or
+    --max-false-alarms F, the share of good parts flagged. Every threshold is stored with its
+    evidence (examples, recall with a 95% interval, precision, false alarms on good parts) in a
+    new checkpoint, which predict, evaluate and export then use by default.
+
+    [dim]Examples:
+      defectdet calibrate data/ -w runs/train/exp/weights/best.pt --target-recall crack=0.95
+      defectdet calibrate data/ -w best.pt --max-false-alarms 0.02 --out line3.pt[/dim]
+    """
+    from defectdet.config import apply, validate
+    from defectdet.engine.calibrate.render import render_operating_point
+    from defectdet.engine.calibrate.run import calibrate_checkpoint
+
+    cfg = validate(apply(CalibrateRunConfig(), given(options)))  # before the data is read
+    catalog = _load(data, fmt, strict)
+    op, written = calibrate_checkpoint(catalog, weights, cfg, split, out_path)
+    if json_out:
+        print(json.dumps({"checkpoint": str(written), **op.to_dict()}, indent=2))
+        return
+    render_operating_point(op, out)
+    out.print(f"wrote {escape(str(written))}")

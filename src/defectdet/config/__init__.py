@@ -12,7 +12,10 @@ from typing import Any
 
 from defectdet.config.files import load_yaml, safe_yaml, to_yaml
 from defectdet.config.options import (
+    DEFAULT_CONF,
     AugmentConfig,
+    CalibrateConfig,
+    CalibrateRunConfig,
     DataConfig,
     InferConfig,
     LossConfig,
@@ -29,7 +32,10 @@ from defectdet.config.schema import Option, Spec, apply, from_dict, options, to_
 from defectdet.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_CONF",
     "AugmentConfig",
+    "CalibrateConfig",
+    "CalibrateRunConfig",
     "DataConfig",
     "InferConfig",
     "LossConfig",

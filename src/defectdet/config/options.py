@@ -16,7 +16,7 @@ from defectdet.config import values as v
 from defectdet.config.schema import opt
 from defectdet.errors import ConfigError
 
-_D, _M, _L, _S, _A, _O, _R, _T = (
+_D, _M, _L, _S, _A, _O, _R, _T, _C = (
     "Data",
     "Model",
     "Loss",
@@ -25,7 +25,10 @@ _D, _M, _L, _S, _A, _O, _R, _T = (
     "Optimisation",
     "Run",
     "Thresholds",
+    "Operating point (calibration)",
 )
+DEFAULT_CONF = 0.25
+"""The score threshold of an uncalibrated model (no stored operating point, no --conf)."""
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
 FORMATS = ("auto", "coco", "voc", "yolo", "csv")
@@ -54,6 +57,10 @@ def _check_select_metric(value: str) -> None:
 
 def _check_class_conf(value: str) -> None:
     v.parse_number_map(value, "--class-conf", 0.0, 1.0)
+
+
+def _check_target_recall(value: str) -> None:
+    v.parse_targets(value)
 
 
 def _check_levels(value: str) -> None:
@@ -318,9 +325,10 @@ class RunConfig:
 class InferConfig:
     """Thresholds: the same options and defaults for train-time validation, evaluate, predict."""
 
-    conf: float = opt(
-        0.25,
-        "Score threshold for every class (a box counts and an image is 'defect' at or above it).",
+    conf: float | None = opt(
+        None,
+        "Score threshold for every class (a box counts and an image is 'defect' at or above "
+        f"it). Default: the checkpoint's calibrated thresholds, else {DEFAULT_CONF}.",
         low=0,
         high=1,
         panel=_T,
@@ -369,6 +377,40 @@ class TileConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """How thresholds are chosen on a labelled split (``calibrate``, and the end of ``train``).
+    With neither target: each class's threshold maximises its F1."""
+
+    target_recall: str = opt(
+        "",
+        "Recall to reach: R for every class, or per class 'crack=0.99,scratch=0.9' (box recall "
+        "at IoU 0.5; with --level image, the share of defective images caught).",
+        check=_check_target_recall,
+        allowed="R or name=R,... with 0 < R ≤ 1",
+        panel=_C,
+    )
+    max_false_alarms: float | None = opt(
+        None,
+        "At most this share of the defect-free images flagged (one threshold for all classes).",
+        low=0,
+        high=1,
+        panel=_C,
+    )
+    level: str = opt(
+        "box",
+        "box (per-class box recall) or image (a defective part is caught when any box passes).",
+        choices=("box", "image"),
+        panel=_C,
+    )
+
+    def cross_check(self) -> None:
+        if self.target_recall and self.max_false_alarms is not None:
+            raise ConfigError("give --target-recall or --max-false-alarms, not both")
+        if self.level == "image" and "=" in self.target_recall:
+            raise ConfigError("--level image takes one --target-recall R (not per class)")
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -378,11 +420,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
 
     def cross_check(self) -> None:
         """Rules between options; raises ConfigError."""
         if self.model.weights == "coco":
             _check_coco(self.model)
+        self.calibrate.cross_check()
 
     def runtime(self) -> RuntimeConfig:
         """The inference runtime of train-time validation (the run's own batch, workers, device)."""
@@ -396,3 +440,15 @@ class PredictConfig:
     infer: InferConfig = field(default_factory=InferConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     tiles: TileConfig = field(default_factory=TileConfig)
+
+
+@dataclass
+class CalibrateRunConfig:
+    """What ``calibrate`` takes besides the data, the weights and the output."""
+
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    tiles: TileConfig = field(default_factory=TileConfig)
+
+    def cross_check(self) -> None:
+        self.calibrate.cross_check()

@@ -55,6 +55,23 @@ def parse_number_map(
     return out
 
 
+def parse_targets(text: str) -> dict[str, float] | float | None:
+    """``--target-recall``: ``""`` -> None, ``"0.9"`` -> 0.9, ``"crack=0.99,..."`` -> a map; every
+    target in (0, 1]."""
+    text = str(text).strip()
+    if not text:
+        return None
+    if "=" not in text:
+        value = parse_number(text, "--target-recall")
+        if not 0 < value <= 1:
+            raise ValueError(f"--target-recall must be in (0, 1], got {value:g}")
+        return value
+    targets = parse_number_map(text, "--target-recall", 0.0, 1.0, what="RECALL")
+    if any(t <= 0 for t in targets.values()):
+        raise ValueError("--target-recall: every recall must be > 0")
+    return targets
+
+
 def parse_levels(text: str) -> tuple[int, int]:
     """``"3-7"`` -> (3, 7); ``"5"`` -> (5, 5)."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(text))

@@ -37,7 +37,7 @@ from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
 from defectdet import __version__
 from defectdet.data.preprocess import letterbox
 from defectdet.engine.inference.detectors import ONNX_FORMAT, import_onnxruntime
-from defectdet.errors import ConfigError, OutputExistsError
+from defectdet.errors import ConfigError, DefectdetError, OutputExistsError
 from defectdet.io import atomic_open
 from defectdet.model.build import IMAGENET_MEAN, IMAGENET_STD
 
@@ -57,14 +57,19 @@ def export(
     overwrite: bool = False,
     opset: int = MIN_OPSET,
     check: bool = True,
+    images: str | Path | None = None,
 ) -> dict:
-    """Export ``weights`` to ``out`` (default: next to the weights); return a summary with the
-    largest differences against PyTorch on a random batch when ``check``.
+    """Export ``weights`` to ``out`` (default: next to the weights). With ``check``, the export
+    is compared with PyTorch on sample images (``images``: an image, folder, glob or list, as
+    for predict; generated ones otherwise) and refused when boxes differ by more than
+    :data:`BOX_TOL` px or scores by more than :data:`SCORE_TOL`. The checkpoint's operating
+    point (calibrated thresholds) goes into the export's metadata.
 
     Raises:
         ConfigError: unknown format or opset too old. OutputExistsError: ``out`` exists.
+        ExportCheckError: the export does not reproduce PyTorch within the tolerances.
     """
-    from defectdet.model import load_model
+    from defectdet.model import load_checkpoint, load_model
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown --format {fmt!r}; use {' or '.join(FORMATS)}")
@@ -75,14 +80,17 @@ def export(
         raise ConfigError(f"--opset must be ≥ {MIN_OPSET}, got {opset}")
     if fmt == "onnx":
         _import_onnx()  # before the model load: a missing extra is one clear line
-    model, spec = load_model(weights, "cpu")
-    names, size = spec.class_names, spec.image_size
+    ckpt = load_checkpoint(weights)
+    model, spec = load_model(ckpt, "cpu", where=str(weights))
+    names, size, op = spec.class_names, spec.image_size, ckpt.get("operating_point")
+    batch = sample_batch(size, 3, images) if check else None
     if fmt == "onnx":
-        data = onnx_bytes(model, size, names, opset)
-        diffs = check_onnx(model, data, size) if check else {}
+        data = onnx_bytes(model, size, names, opset, op)
+        diffs = check_onnx(model, data, batch) if check else {}
     else:
-        data = torchscript_bytes(model, size, names)
-        diffs = check_torchscript(model, data, size) if check else {}
+        data = torchscript_bytes(model, size, names, op)
+        diffs = check_torchscript(model, data, batch) if check else {}
+    enforce_tolerances(diffs, out)
     with atomic_open(out, "wb") as fh:
         fh.write(data)
     return {
@@ -91,8 +99,31 @@ def export(
         "bytes": len(data),
         "image_size": size,
         "classes": names,
+        "calibrated": op is not None,
         "max_abs_diff": diffs,
     }
+
+
+class ExportCheckError(DefectdetError):
+    """The exported model does not reproduce PyTorch within the stated tolerances."""
+
+
+BOX_TOL = 0.5  # px, model-input pixels
+SCORE_TOL = 1e-4  # on scores in 0..1
+
+
+def enforce_tolerances(diffs: dict[str, float], out: Path) -> None:
+    """Refuse an export whose boxes or scores differ from PyTorch beyond the tolerances."""
+    over = [
+        f"{k} differ by up to {diffs[k]:.3g} (tolerance {tol:g})"
+        for k, tol in (("boxes", BOX_TOL), ("scores", SCORE_TOL))
+        if k in diffs and not diffs[k] <= tol
+    ]
+    if over:
+        raise ExportCheckError(
+            f"the export does not reproduce PyTorch: {'; '.join(over)}; {out} was not written "
+            "(--no-check skips the check)"
+        )
 
 
 # ---------------------------------------------------------------------------- ONNX
@@ -126,7 +157,13 @@ def _fixed_anchors(model: nn.Module, size: int) -> tuple[Tensor, list[int]]:
     return anchors, [int(f.shape[2] * f.shape[3] * per_cell) for f in features]
 
 
-def onnx_bytes(model: nn.Module, image_size: int, names: list[str], opset: int) -> bytes:
+def onnx_bytes(
+    model: nn.Module,
+    image_size: int,
+    names: list[str],
+    opset: int,
+    operating_point: dict | None = None,
+) -> bytes:
     """The serialised ONNX model with defectdet's metadata (see the module docstring)."""
     onnx = _import_onnx()
     raw = RawRetinaNet(model, image_size).eval()
@@ -158,26 +195,47 @@ def onnx_bytes(model: nn.Module, image_size: int, names: list[str], opset: int) 
         "detections_per_img": str(model.detections_per_img),
         "topk_candidates": str(model.topk_candidates),
         "input": "images float32 (B, 3, S, S) RGB in 0..1, letterboxed (pad bottom/right)",
+        "operating_point": json.dumps(operating_point),
     }
     onnx.helper.set_model_props(proto, meta)
     proto.producer_name = "defectdet"
     return proto.SerializeToString()
 
 
-def check_onnx(model: nn.Module, data: bytes, image_size: int) -> dict[str, float]:
-    """Largest absolute differences between onnxruntime and PyTorch on a batch of 3 sample
-    images (another batch size than the export's, so the dynamic axis is exercised)."""
+def check_onnx(model: nn.Module, data: bytes, batch: Tensor) -> dict[str, float]:
+    """Largest differences between onnxruntime and PyTorch on ``batch`` (3 images, another
+    batch size than the export's, so the dynamic axis is exercised): ``scores`` (sigmoid of
+    every anchor's class logits) and ``boxes`` (every anchor's decoded box, input pixels)."""
     ort = import_onnxruntime()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    x = sample_batch(image_size, 3)
     with torch.no_grad():
-        ref = RawRetinaNet(model, image_size).eval()(x)
-    got = session.run(None, {"images": x.numpy()})
-    keys = ("cls_logits", "bbox_regression", "anchors")
+        ref = RawRetinaNet(model, batch.shape[-1]).eval()(batch)
+    got = [torch.from_numpy(a) for a in session.run(None, {"images": batch.numpy()})]
+
+    def boxes(regression: Tensor, anchors: Tensor) -> Tensor:
+        flat = regression.reshape(-1, 4)
+        return model.box_coder.decode_single(flat, anchors.repeat(len(regression), 1))
+
     return {
-        k: float((torch.from_numpy(g) - r).abs().max())
-        for k, g, r in zip(keys, got, ref, strict=True)
+        "scores": float((got[0].sigmoid() - ref[0].sigmoid()).abs().max()),
+        "boxes": float((boxes(got[1], got[2]) - boxes(ref[1], ref[2])).abs().max()),
     }
+
+
+def _real_images(source: str | Path, image_size: int, n: int) -> list[Tensor]:
+    from defectdet.data.images import ImageError, load_rgb
+    from defectdet.engine.inference.sources import list_sources
+
+    out = []
+    for src in list_sources(source):
+        try:
+            image = load_rgb(src.path)
+        except ImageError:
+            continue
+        out.append(torch.from_numpy(letterbox(image, image_size)).permute(2, 0, 1))
+        if len(out) == n:
+            break
+    return out
 
 
 def _import_onnx():
@@ -190,12 +248,13 @@ def _import_onnx():
     return onnx
 
 
-def sample_batch(image_size: int, n: int) -> Tensor:
-    """(n, 3, S, S) float 0..1: textured, non-square sample images prepared by the inference
-    preprocessing (letterboxed), so padding and resizing are part of the check."""
+def sample_batch(image_size: int, n: int, images: str | Path | None = None) -> Tensor:
+    """(n, 3, S, S) float 0..1 prepared by the inference preprocessing (letterboxed): the first
+    readable images of ``images`` (as predict reads SOURCE), else textured, non-square
+    generated ones, so padding and resizing are part of the check."""
+    out = _real_images(images, image_size, n) if images is not None else []
     rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
+    for i in range(n - len(out)):
         h, w = int(image_size * (0.6 + 0.2 * i)), int(image_size * 1.3)
         base = rng.integers(60, 200, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
         image = np.kron(base, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
@@ -228,13 +287,18 @@ def scriptable_copy(model: nn.Module, image_size: int) -> nn.Module:
     return plain.eval()
 
 
-def torchscript_bytes(model: nn.Module, image_size: int, names: list[str]) -> bytes:
-    """The scripted detector, saved with ``extra/defectdet.json`` (classes, image size)."""
-    extra = {
-        "defectdet.json": json.dumps(
-            {"class_names": names, "image_size": image_size, "defectdet_version": __version__}
-        )
+def torchscript_bytes(
+    model: nn.Module, image_size: int, names: list[str], operating_point: dict | None = None
+) -> bytes:
+    """The scripted detector, saved with ``extra/defectdet.json`` (classes, image size, the
+    operating point)."""
+    info = {
+        "class_names": names,
+        "image_size": image_size,
+        "defectdet_version": __version__,
+        "operating_point": operating_point,
     }
+    extra = {"defectdet.json": json.dumps(info)}
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice; RetinaNet's tuple note
@@ -243,10 +307,10 @@ def torchscript_bytes(model: nn.Module, image_size: int, names: list[str]) -> by
     return buf.getvalue()
 
 
-def check_torchscript(model: nn.Module, data: bytes, image_size: int) -> dict[str, float]:
-    """Largest box and score differences between the scripted and the eager detector on two
+def check_torchscript(model: nn.Module, data: bytes, batch: Tensor) -> dict[str, float]:
+    """Largest box and score differences between the scripted and the eager detector on the
     sample images (same detection count required)."""
-    images = list(sample_batch(image_size, 2))
+    images = list(batch)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(io.BytesIO(data))

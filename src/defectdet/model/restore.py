@@ -36,7 +36,9 @@ def training_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_model(
-    path_or_ckpt: str | Path | dict[str, Any], device: str | torch.device = "cpu"
+    path_or_ckpt: str | Path | dict[str, Any],
+    device: str | torch.device = "cpu",
+    where: str = "",
 ) -> tuple[nn.Module, ModelSpec]:
     """The checkpoint's model on ``device`` in eval mode, and its spec.
 
@@ -46,7 +48,7 @@ def load_model(
     if isinstance(device, str):
         device = resolve_device(device)
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else load_checkpoint(path_or_ckpt)
-    where = "checkpoint" if isinstance(path_or_ckpt, dict) else str(path_or_ckpt)
+    where = where or ("checkpoint" if isinstance(path_or_ckpt, dict) else str(path_or_ckpt))
     spec = checkpoint_spec(ckpt, where)
     try:
         model = build_model(spec)

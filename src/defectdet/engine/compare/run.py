@@ -29,6 +29,7 @@ COLUMNS = [
     "mean_class_ap50",
     "rarest_ap50",
     "recall_at_far",
+    "far_at_recall",
     "auroc",
     "train_minutes",
     "best_epoch",
@@ -36,6 +37,15 @@ COLUMNS = [
 ]
 """The summary table's columns; compare.csv adds ``rarest_class``, ``map`` (mAP@[.5:.95]) and one
 ``ap50_<class>`` per class (most frequent in train first)."""
+
+
+@dataclass(frozen=True)
+class TablePoints:
+    """The operating points the table reports: defect recall at ``far`` false alarms on good
+    parts, and false alarms at ``recall`` defect recall (image level)."""
+
+    far: float = 0.05
+    recall: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -127,23 +137,27 @@ def variant_configs(
 
 
 def run_compare(
-    base: TrainConfig, variants: list[Variant], study_dir: Path, far: float = 0.05
+    base: TrainConfig,
+    variants: list[Variant],
+    study_dir: Path,
+    points: TablePoints | None = None,
 ) -> pd.DataFrame:
     """Train (or resume, or skip) every variant, evaluate its best.pt, write the table."""
+    points = points or TablePoints()
     rows: list[dict[str, Any]] = []
     classes: list[ClassCount] = []
     for variant, name, cfg in variant_configs(base, variants, study_dir):
         out.rule(f"[bold]{variant.name}[/]")
         try:
             run_dir = _train_or_resume(cfg, study_dir / name)
-            scores, classes = _score(run_dir, far)
+            scores, classes = _score(run_dir, points)
             rows.append({"variant": variant.name, **scores, "status": "ok"})
         except DefectdetError as exc:  # e.g. a diverged loss: that is a result too
             err.print(f"[red]variant {variant.name} failed:[/] {exc}")
             rows.append({"variant": variant.name, "status": f"failed: {str(exc)[:80]}"})
     extra = ["rarest_class", "map", *(f"ap50_{c.name}" for c in classes)]
     table = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
-    write_outputs(table, study_dir, far, classes)
+    write_outputs(table, study_dir, points, classes)
     return table
 
 
@@ -161,7 +175,7 @@ def _train_or_resume(cfg: TrainConfig, run_dir: Path) -> Path:
     return train(cfg)
 
 
-def _score(run_dir: Path, far: float) -> tuple[dict[str, Any], list[ClassCount]]:
+def _score(run_dir: Path, points: TablePoints) -> tuple[dict[str, Any], list[ClassCount]]:
     """Evaluate best.pt on the run's own validation split: the row's scores, and the classes
     (most frequent in train first) with their train and val instance counts."""
     from defectdet.config import train_config
@@ -187,7 +201,8 @@ def _score(run_dir: Path, far: float) -> tuple[dict[str, Any], list[ClassCount]]
         "map50": metrics.map50,
         "mean_class_ap50": metrics.mean_class_ap50,
         "rarest_ap50": None if rarest is None else per_class[rarest].ap50,
-        "recall_at_far": metrics.recall_at_false_alarm(far),
+        "recall_at_far": metrics.recall_at_false_alarm(points.far),
+        "far_at_recall": metrics.false_alarm_at_recall(points.recall),
         "auroc": metrics.image_level["auroc"],
         "train_minutes": round(float(history["seconds"].sum()) / 60, 3),
         "best_epoch": int(ckpt.get("epoch", 0)),
@@ -201,7 +216,10 @@ def _score(run_dir: Path, far: float) -> tuple[dict[str, Any], list[ClassCount]]
 
 
 def write_outputs(
-    table: pd.DataFrame, study_dir: Path, far: float, classes: list[ClassCount] | None = None
+    table: pd.DataFrame,
+    study_dir: Path,
+    points: TablePoints,
+    classes: list[ClassCount] | None = None,
 ) -> None:
     """compare.csv, compare.md and compare.png in the study folder, and the tables on screen."""
     from rich.table import Table
@@ -210,13 +228,17 @@ def write_outputs(
     study_dir.mkdir(parents=True, exist_ok=True)
     with atomic_open(study_dir / "compare.csv", "w", encoding="utf-8", newline="") as fh:
         table.to_csv(fh, index=False, float_format="%.4f")
-    write_text(study_dir / "compare.md", to_markdown(table, far, classes))
-    _plot(table, study_dir / "compare.png", far)
-    for title, columns in _sections(table, far, classes):
+    write_text(study_dir / "compare.md", to_markdown(table, points, classes))
+    _plot(table, study_dir / "compare.png", points)
+    for title, columns in _sections(table, points, classes):
         rich_table = Table(title=f"{title} ({study_dir})", title_justify="left")
         for col, head in columns:
             rich_table.add_column(head, justify="left" if col == "variant" else "right")
-        best = {c: table[c].max() for c, _ in columns if _is_score(c) and table[c].notna().any()}
+        best = {
+            c: table[c].min() if c in LOWER_IS_BETTER else table[c].max()
+            for c, _ in columns
+            if _is_score(c) and table[c].notna().any()
+        }
         for _, row in table.iterrows():
             cells = []
             for c, _ in columns:
@@ -226,13 +248,17 @@ def write_outputs(
         out.print(rich_table)
 
 
+LOWER_IS_BETTER = ("far_at_recall",)
+
+
 def _is_score(col: str) -> bool:
-    """Higher is better (highlighted as the best of its column)."""
-    return col in COLUMNS[1:6] or col == "map" or col.startswith("ap50_")
+    """A score whose best value in its column is highlighted (most are higher-is-better)."""
+    scores = ("map50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "auroc", "map")
+    return col in scores or col in LOWER_IS_BETTER or col.startswith("ap50_")
 
 
 def _sections(
-    table: pd.DataFrame, far: float, classes: list[ClassCount]
+    table: pd.DataFrame, points: TablePoints, classes: list[ClassCount]
 ) -> list[tuple[str, list[tuple[str, str]]]]:
     """(title, [(column, header)]) of the summary table and, when classes are known, the
     per-class table (AP50, train/val instances in brackets; mAP@[.5:.95] last)."""
@@ -240,7 +266,7 @@ def _sections(
     summary = [
         (
             c,
-            _header(c, far)
+            _header(c, points)
             + (f" ({rarest.iloc[0]})" if c == "rarest_ap50" and len(rarest) else ""),
         )
         for c in COLUMNS
@@ -254,9 +280,10 @@ def _sections(
     return sections
 
 
-def _header(col: str, far: float) -> str:
+def _header(col: str, points: TablePoints) -> str:
     return {
-        "recall_at_far": f"defect recall @ {far:.0%} false alarms",
+        "recall_at_far": f"defect recall @ {points.far:.0%} false alarms",
+        "far_at_recall": f"false alarms @ {points.recall:.0%} defect recall",
         "mean_class_ap50": "mean per-class AP50",
         "rarest_ap50": "AP50 rarest class",
         "map50": "mAP50",
@@ -272,10 +299,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def to_markdown(table: pd.DataFrame, far: float, classes: list[ClassCount] | None = None) -> str:
+def to_markdown(
+    table: pd.DataFrame, points: TablePoints, classes: list[ClassCount] | None = None
+) -> str:
     """The summary table and, when classes are known, the per-class table, as Markdown."""
     parts = []
-    for title, columns in _sections(table, far, classes or []):
+    for title, columns in _sections(table, points, classes or []):
         head = "| " + " | ".join(h for _, h in columns) + " |"
         rule = "|" + "|".join("---" if c == "variant" else "---:" for c, _ in columns) + "|"
         body = [
@@ -285,16 +314,16 @@ def to_markdown(table: pd.DataFrame, far: float, classes: list[ClassCount] | Non
     return "\n".join(parts)
 
 
-def _plot(table: pd.DataFrame, path: Path, far: float) -> None:
+def _plot(table: pd.DataFrame, path: Path, points: TablePoints) -> None:
     from matplotlib.figure import Figure
 
-    metrics = ["map50", "mean_class_ap50", "rarest_ap50", "recall_at_far"]
+    metrics = ["map50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "far_at_recall"]
     fig = Figure(figsize=(max(8, 1.2 * len(table) + 4), 4.5), dpi=100)
     ax = fig.subplots()
     width = 0.8 / len(metrics)
     for i, m in enumerate(metrics):
-        xs = [x + (i - 1.5) * width for x in range(len(table))]
-        ax.bar(xs, table[m].fillna(0).to_numpy(dtype=float), width, label=_header(m, far))
+        xs = [x + (i - (len(metrics) - 1) / 2) * width for x in range(len(table))]
+        ax.bar(xs, table[m].fillna(0).to_numpy(dtype=float), width, label=_header(m, points))
     ax.set_xticks(range(len(table)))
     ax.set_xticklabels(table["variant"], rotation=30, ha="right", fontsize=8)
     ax.set(ylim=(0, 1), ylabel="score", title="imbalance remedies compared")

@@ -21,6 +21,7 @@ import torch
 from torchvision.ops import box_iou
 
 from defectdet.data.catalog import Catalog
+from defectdet.engine.evaluate.curves import class_curves, threshold_curves, wilson
 from defectdet.engine.inference.run import Detections
 
 IMAGE_LEVEL_KEYS = (
@@ -42,6 +43,9 @@ class ClassMetrics:
     precision: float | None  # at the class's threshold, IoU 0.5
     recall: float | None
     threshold: float
+    recall_low: float | None = None  # 95 % Wilson interval of the recall
+    recall_high: float | None = None
+    false_alarms_per_image: float | None = None  # boxes of the class on no box, per image
 
 
 @dataclass
@@ -61,6 +65,8 @@ class MetricsResult:
     confusion_labels: list[str]
     image_level: dict[str, Any]
     pr_curves: dict[str, Any]
+    threshold_curves: dict[str, Any] = field(default_factory=dict)
+    threshold_source: str = ""  # calibrated / --conf / default (uncalibrated) ...
     image_truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
     image_score: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
 
@@ -73,7 +79,20 @@ class MetricsResult:
         out["classes"] = [asdict(c) for c in self.classes]
         out["image_level"] = dict(self.image_level)
         out["thresholds"] = {c.name: c.threshold for c in self.classes}
+        out["threshold_curves"] = self.threshold_curves
+        out["threshold_source"] = self.threshold_source
+        out["image_roc"] = self.image_roc()
         return out
+
+    def image_roc(self) -> dict[str, list[float]] | None:
+        """The image-level ROC of the best detection score (None without both kinds)."""
+        truth = self.image_truth
+        if not (truth.any() and (~truth).any()):
+            return None
+        from sklearn.metrics import roc_curve
+
+        fpr, tpr, _ = roc_curve(truth, self.image_score)
+        return {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()}
 
     def flat(self) -> dict[str, Any]:
         """One ``metrics.csv`` row's validation columns (per-class AP50 as ``ap50_<class>``)."""
@@ -82,6 +101,13 @@ class MetricsResult:
         row |= {f"ap50_{c.name}": c.ap50 for c in self.classes}
         row |= {k: self.image_level.get(k) for k in IMAGE_LEVEL_KEYS}
         return row
+
+    def false_alarm_at_recall(self, recall: float) -> float | None:
+        """Image-level false-alarm rate at the strictest threshold reaching ``recall``."""
+        truth = self.image_truth
+        if not (truth.any() and (~truth).any()):
+            return None
+        return false_alarm_at_recall(truth, self.image_score, recall)
 
     def recall_at_false_alarm(self, far: float) -> float | None:
         """Image-level defect recall at the loosest threshold with false-alarm rate ≤ ``far``."""
@@ -103,8 +129,10 @@ def evaluate_detections(
     coco = coco_metrics(catalog, detections)
     cm = confusion_matrix(catalog, detections, thresholds, iou)
     per_class = []
+    n_images = max(catalog.num_images, 1)
     for k, name in enumerate(catalog.classes):
         tp, gt, pred = cm[k, k], cm[k].sum(), cm[:, k].sum()
+        low, high = wilson(int(tp), int(gt))
         per_class.append(
             ClassMetrics(
                 name,
@@ -114,6 +142,9 @@ def evaluate_detections(
                 float(tp / pred) if pred else None,
                 float(tp / gt) if gt else None,
                 float(thresholds[k]),
+                low,
+                high,
+                float(cm[-1, k] / n_images),
             )
         )
     truth, score, verdict = image_scores(catalog, detections, thresholds)
@@ -126,6 +157,7 @@ def evaluate_detections(
         confusion_labels=[*catalog.classes, "background"],
         image_level=image_level_metrics(truth, score, verdict),
         pr_curves=coco["pr_curves"],
+        threshold_curves=threshold_curves(class_curves(catalog, detections)),
         image_truth=truth,
         image_score=score,
     )
@@ -274,21 +306,37 @@ def image_level_metrics(truth: np.ndarray, score: np.ndarray, verdict: np.ndarra
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     pos, neg = truth.sum(), (~truth).sum()
-    recall = float((verdict & truth).sum() / pos) if pos else None
-    false_alarm = float((verdict & ~truth).sum() / neg) if neg else None
+    caught, flagged_ok = int((verdict & truth).sum()), int((verdict & ~truth).sum())
+    recall = float(caught / pos) if pos else None
+    false_alarm = float(flagged_ok / neg) if neg else None
     both = pos > 0 and neg > 0
+    recall_ci, far_ci = wilson(caught, int(pos)), wilson(flagged_ok, int(neg))
     return {
         "images": len(truth),
         "defect_images": int(pos),
         "ok_images": int(neg),
         "defect_recall": recall,
+        "defect_recall_low": recall_ci[0],
+        "defect_recall_high": recall_ci[1],
         "false_alarm_rate": false_alarm,
+        "false_alarm_rate_low": far_ci[0],
+        "false_alarm_rate_high": far_ci[1],
         "accuracy": float((verdict == truth).mean()) if len(truth) else None,
         "balanced_accuracy": float(balanced_accuracy_score(truth, verdict)) if both else None,
         "always_ok_accuracy": float(neg / len(truth)) if len(truth) else None,
         "auroc": float(roc_auc_score(truth, score)) if both else None,
         "recall_at_far_5": recall_at_false_alarm(truth, score, 0.05) if both else None,
     }
+
+
+def false_alarm_at_recall(truth: np.ndarray, score: np.ndarray, recall: float) -> float:
+    """False-alarm rate on good parts at the strictest threshold catching ``recall`` of the
+    defective images (1.0 when that recall needs flagging every image)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(truth, score)
+    ok = tpr >= recall - 1e-12
+    return float(fpr[ok].min()) if ok.any() else 1.0
 
 
 def recall_at_false_alarm(truth: np.ndarray, score: np.ndarray, far: float) -> float:

@@ -30,6 +30,7 @@ def render_evaluation(report: dict, console: Console) -> None:
         f"split {report['split']}: {report['images']} images "
         f"({report['seconds']:.1f} s)"
     )
+    _thresholds_line(report, console)
     console.print(_class_table(report))
     summary = Table(title="summary", title_justify="left")
     for col in ("mAP@[.5:.95]", "mAP50", "mean per-class AP50"):
@@ -40,9 +41,44 @@ def render_evaluation(report: dict, console: Console) -> None:
     console.print(_confusion_table(m))
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"{low:.0%}–{high:.0%}"
+
+
+def _thresholds_line(report: dict, console: Console) -> None:
+    """Where the thresholds come from: a calibration (with its objective), options, default."""
+    source, op = report.get("threshold_source", ""), report.get("operating_point")
+    if op and source.startswith("calibrated"):
+        console.print(
+            f"thresholds: {escape(source)} ({escape(op['objective'])} on split {op['split']})"
+        )
+        for note in op.get("notes", []):
+            console.print(f"  [dim]calibration note: {escape(note)}[/]")
+    elif source.startswith("default"):
+        console.print(
+            "thresholds: default 0.25 (uncalibrated: choose them with defectdet calibrate)"
+        )
+    else:
+        console.print(f"thresholds: {escape(source)}")
+
+
 def _class_table(report: dict) -> Table:
-    t = Table(title="per class (precision/recall at the thresholds, IoU 0.5)", title_justify="left")
-    for col in ("class", "instances", "AP", "AP50", "precision", "recall", "threshold"):
+    t = Table(
+        title="per class at the thresholds (IoU 0.5; recall with its 95% interval)",
+        title_justify="left",
+    )
+    cols = (
+        "class",
+        "instances",
+        "AP",
+        "AP50",
+        "threshold",
+        "recall",
+        "95% interval",
+        "precision",
+        "false alarms / image",
+    )
+    for col in cols:
         t.add_column(col, justify="left" if col == "class" else "right")
     for c in report["metrics"]["classes"]:
         t.add_row(
@@ -50,9 +86,11 @@ def _class_table(report: dict) -> Table:
             str(c["instances"]),
             _f(c["ap"]),
             _f(c["ap50"]),
-            _f(c["precision"]),
-            _f(c["recall"]),
             f"{c['threshold']:g}",
+            _f(c["recall"]),
+            _interval(c.get("recall_low"), c.get("recall_high")),
+            _f(c["precision"]),
+            _f(c.get("false_alarms_per_image")),
         )
     return t
 
@@ -65,8 +103,8 @@ def _image_level(il: dict, console: Console) -> None:
         title_justify="left",
     )
     cols = (
-        "defect recall",
-        "false-alarm rate",
+        "defect recall (95%)",
+        "false-alarm rate on good parts (95%)",
         "AUROC",
         "recall @ 5% FAR",
         "balanced accuracy",
@@ -76,8 +114,10 @@ def _image_level(il: dict, console: Console) -> None:
     for col in cols:
         t.add_column(col, justify="right")
     t.add_row(
-        _f(il["defect_recall"], True),
-        _f(il["false_alarm_rate"], True),
+        f"{_f(il['defect_recall'], True)} "
+        f"({_interval(il.get('defect_recall_low'), il.get('defect_recall_high'))})",
+        f"{_f(il['false_alarm_rate'], True)} "
+        f"({_interval(il.get('false_alarm_rate_low'), il.get('false_alarm_rate_high'))})",
         _f(il["auroc"]),
         _f(il["recall_at_far_5"], True),
         _f(il["balanced_accuracy"], True),
@@ -112,7 +152,9 @@ def _confusion_table(m: dict) -> Table:
 
 # ---------------------------------------------------------------------------- plots
 def plot_evaluation(report: dict, folder: Path) -> list[Path]:
-    """``pr_curves.png`` and ``confusion_matrix.png`` in ``folder`` (atomic writes)."""
+    """``pr_curves.png``, ``confusion_matrix.png``, ``thresholds.png`` (per-class recall and
+    precision against the threshold, operating point marked) and ``roc.png`` (image level,
+    operating point marked) in ``folder`` (atomic writes)."""
     from matplotlib.figure import Figure
 
     ensure_dir(folder)
@@ -120,8 +162,17 @@ def plot_evaluation(report: dict, folder: Path) -> list[Path]:
     _pr_axes(pr.subplots(), report)
     cm = Figure(figsize=(2.5 + 0.7 * len(report["classes"]),) * 2, layout="constrained")
     _cm_axes(cm.subplots(), report["metrics"])
-    paths = [folder / "pr_curves.png", folder / "confusion_matrix.png"]
-    for fig, path in zip((pr, cm), paths, strict=True):
+    classes = report["metrics"]["classes"]
+    th = Figure(
+        figsize=(4 * min(len(classes), 4), 3.4 * -(-len(classes) // 4)), layout="constrained"
+    )
+    _threshold_axes(th.subplots(-(-len(classes) // 4), min(len(classes), 4), squeeze=False), report)
+    roc = Figure(figsize=(5, 5), layout="constrained")
+    _roc_axes(roc.subplots(), report["metrics"])
+    figures = (pr, cm, th, roc)
+    names = ("pr_curves.png", "confusion_matrix.png", "thresholds.png", "roc.png")
+    paths = [folder / n for n in names]
+    for fig, path in zip(figures, paths, strict=True):
         with atomic_open(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=100)
     return paths
@@ -147,6 +198,49 @@ def _pr_axes(ax, report: dict) -> None:
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize=8, loc="lower left")
+
+
+def _threshold_axes(axes, report: dict) -> None:
+    """Per class: recall and precision against the threshold; a line at the operating point."""
+    m = report["metrics"]
+    curves = m.get("threshold_curves") or {}
+    grid = np.asarray(curves.get("threshold", []), dtype=float)
+    for ax, c in zip(axes.flat, m["classes"], strict=False):
+        for key, style in (("recall", "-"), ("precision", "--")):
+            values = curves.get(key, {}).get(c["name"])
+            if values is not None:
+                ax.plot(grid, np.array(values, dtype=float), style, label=key)
+        ax.axvline(c["threshold"], color="0.3", linewidth=1, label="operating point")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="threshold", title=c["name"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    for ax in list(axes.flat)[len(m["classes"]) :]:
+        ax.set_visible(False)
+
+
+def _roc_axes(ax, m: dict) -> None:
+    """Image-level ROC (best detection score per image) with the operating point."""
+    roc, il = m.get("image_roc"), m["image_level"]
+    if roc:
+        ax.plot(roc["fpr"], roc["tpr"], linewidth=1.5, label=f"AUROC {_f(il['auroc'])}")
+    if il["false_alarm_rate"] is not None and il["defect_recall"] is not None:
+        ax.plot(
+            il["false_alarm_rate"],
+            il["defect_recall"],
+            "o",
+            color="crimson",
+            label="operating point",
+        )
+    ax.plot([0, 1], [0, 1], ":", color="0.6")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="false alarms on good parts",
+        ylabel="defect recall",
+        title="image level: defect vs ok",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def _cm_axes(ax, m: dict) -> None:

@@ -83,6 +83,8 @@ def evaluate_checkpoint(
         "images": part.num_images,
         "classes": part.classes,
         "thresholds": {c.name: c.threshold for c in metrics.classes},
+        "threshold_source": metrics.threshold_source,
+        "operating_point": detector.operating_point,
         "nms_iou": cfg.infer.iou,
         "seconds": round(time.perf_counter() - t0, 2),
         "metrics": metrics.to_dict(),

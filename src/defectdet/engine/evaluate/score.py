@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from defectdet.config import InferConfig, TileConfig
+from defectdet.config import DEFAULT_CONF, InferConfig, TileConfig
 from defectdet.console import warn
 from defectdet.data.catalog import Catalog
 from defectdet.engine.evaluate.metrics import MetricsResult, evaluate_detections
@@ -50,7 +50,7 @@ def score_catalog(
 
     ``label_map`` (K_model,) maps the model's class indices to the catalogue's (when the data
     lists classes in another order or has more of them); data classes the model lacks are
-    thresholded at ``infer.conf``.
+    thresholded at ``--conf`` (or the default).
     """
     inference = Inference(detector, infer, tiles)
     dets = detect_catalog(inference, catalog, batch_size, workers)
@@ -58,6 +58,8 @@ def score_catalog(
     if label_map is not None:
         for d in dets:
             d.labels = label_map[d.labels]
-        thresholds = np.full(catalog.num_classes, float(infer.conf))
+        thresholds = np.full(catalog.num_classes, float(infer.conf or DEFAULT_CONF))
         thresholds[label_map] = inference.thresholds
-    return evaluate_detections(catalog, dets, thresholds), dets
+    metrics = evaluate_detections(catalog, dets, thresholds)
+    metrics.threshold_source = inference.threshold_source
+    return metrics, dets

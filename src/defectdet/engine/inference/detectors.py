@@ -29,6 +29,7 @@ ONNX_FORMAT = "defectdet-retinanet-raw/1"
 class Detector(Protocol):
     class_names: list[str]
     image_size: int
+    operating_point: dict | None  # calibrated thresholds and their evidence, when stored
 
     def configure(self, settings: PostprocessSettings) -> None: ...
 
@@ -51,20 +52,24 @@ class TorchDetector:
         self.model, self.class_names, self.image_size = model, list(class_names), int(image_size)
         self.device, self.amp, self.channels_last = device, amp, channels_last
         self.dtype = dtype or amp_dtype(device)
+        self.operating_point: dict | None = None
 
     @classmethod
     def from_checkpoint(
         cls, weights: str | Path, device: torch.device, half: bool = False
     ) -> TorchDetector:
         """``half`` = fp16 autocast (CUDA only); channels-last on CUDA."""
-        from defectdet.model import load_model, prepare_model
+        from defectdet.model import load_checkpoint, load_model, prepare_model
 
-        model, spec = load_model(weights, device)
+        ckpt = load_checkpoint(weights)
+        model, spec = load_model(ckpt, device, where=str(weights))
         channels_last = device.type == "cuda"
         model = prepare_model(model, device, channels_last).eval()
-        return cls(
+        detector = cls(
             model, spec.class_names, spec.image_size, device, half, channels_last, torch.float16
         )
+        detector.operating_point = ckpt.get("operating_point") or None
+        return detector
 
     def configure(self, settings: PostprocessSettings) -> None:
         self.model.configure(settings)
@@ -116,6 +121,7 @@ class OnnxDetector:
             int(meta["detections_per_img"]),
             int(meta.get("topk_candidates", 1000)),
         )
+        self.operating_point = json.loads(meta.get("operating_point") or "null")
 
     def configure(self, settings: PostprocessSettings) -> None:
         self.settings = settings

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms
 
-from defectdet.config import InferConfig, TileConfig
+from defectdet.config import DEFAULT_CONF, InferConfig, TileConfig
 from defectdet.config.values import parse_number_map
 from defectdet.data.preprocess import to_original
 from defectdet.engine.inference.detectors import Detector
@@ -47,8 +47,14 @@ class Detections:
         return self.scores >= thresholds[self.labels] if len(self.labels) else np.zeros(0, bool)
 
 
-def class_thresholds(infer: InferConfig, class_names: Sequence[str]) -> np.ndarray:
-    """(K,) threshold of each class: its ``--class-conf`` value, else ``--conf``.
+def class_thresholds(
+    infer: InferConfig, class_names: Sequence[str], stored: dict[str, float] | None = None
+) -> tuple[np.ndarray, str]:
+    """(K,) threshold of each class and where they came from.
+
+    ``--class-conf`` wins for the classes it names; then ``--conf`` for all others; without
+    ``--conf``, the checkpoint's calibrated thresholds (``stored``), else the uncalibrated
+    default :data:`~defectdet.config.DEFAULT_CONF`.
 
     Raises:
         ConfigError: a class the model does not have (the message lists its classes).
@@ -63,22 +69,42 @@ def class_thresholds(infer: InferConfig, class_names: Sequence[str]) -> np.ndarr
             f"--class-conf: unknown class {unknown[0]!r}; the model's classes are "
             f"{', '.join(class_names)}"
         )
-    return np.array([per_class.get(c, infer.conf) for c in class_names], dtype=np.float64)
+    if infer.conf is not None:
+        base, source = dict.fromkeys(class_names, infer.conf), "--conf"
+    elif stored:
+        base, source = {c: stored.get(c, DEFAULT_CONF) for c in class_names}, "calibrated"
+    else:
+        base, source = dict.fromkeys(class_names, DEFAULT_CONF), "default (uncalibrated)"
+    if per_class:
+        source += " and --class-conf"
+    values = [per_class.get(c, base[c]) for c in class_names]
+    return np.array(values, dtype=np.float64), source
 
 
 class Inference:
     """Runs a detector over images with the inference options.
 
-    The detector keeps every detection above ``min(AP_SCORE_FLOOR, lowest threshold)``, so
-    average precision sees the low-scoring ones and outputs can report per-class maxima below
-    the thresholds; :attr:`thresholds` then decide which boxes count.
+    The detector keeps every detection above ``min(floor, lowest threshold)`` (``floor``: the AP
+    floor, lower for calibration), so average precision sees the low-scoring ones and outputs
+    can report per-class maxima below the thresholds; :attr:`thresholds` (see
+    :func:`class_thresholds`) then decide which boxes count. A detector may carry an
+    ``operating_point`` (calibrated thresholds, from its checkpoint).
     """
 
-    def __init__(self, detector: Detector, infer: InferConfig, tiles: TileConfig | None = None):
+    def __init__(
+        self,
+        detector: Detector,
+        infer: InferConfig,
+        tiles: TileConfig | None = None,
+        floor: float = AP_SCORE_FLOOR,
+    ):
         self.detector, self.infer, self.tiles = detector, infer, tiles or TileConfig()
         self.class_names = list(detector.class_names)
-        self.thresholds = class_thresholds(infer, self.class_names)
-        floor = float(min(AP_SCORE_FLOOR, self.thresholds.min()))
+        stored = getattr(detector, "operating_point", None) or {}
+        self.thresholds, self.threshold_source = class_thresholds(
+            infer, self.class_names, stored.get("thresholds")
+        )
+        floor = float(min(floor, self.thresholds.min()))
         detector.configure(PostprocessSettings(floor, infer.iou, infer.max_det))
         self.timings = {"wait_for_data": 0.0, "model": 0.0, "postprocess": 0.0}
 

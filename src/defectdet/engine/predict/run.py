@@ -150,6 +150,7 @@ class _Run:
             "images_per_s": round(self.done / seconds, 2) if seconds > 0 else None,
             "timings_s": {k: round(max(v, 0.0), 3) for k, v in timings.items()},
             "thresholds": dict(zip(names, self.inference.thresholds.tolist(), strict=True)),
+            "threshold_source": self.inference.threshold_source,
             "out": str(out_dir),
             "inputs": total,
         }
