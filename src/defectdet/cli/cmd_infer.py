@@ -16,6 +16,14 @@ from defectdet.console import err, out
 
 # ---------------------------------------------------------------------------- predict
 _OUT = "Output"
+GalleryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder for contact sheets to review (PNG per kind and class) and gallery.csv.",
+        rich_help_panel=_OUT,
+    ),
+]
+GallerySizeOpt = Annotated[int, typer.Option(help="Tiles per contact sheet.", rich_help_panel=_OUT)]
 DetectorWeightsOpt = Annotated[
     Path,
     typer.Option(
@@ -71,6 +79,8 @@ def predict(
         bool,
         typer.Option("--json", help="Print the summary as JSON on stdout.", rich_help_panel=_OUT),
     ] = False,
+    gallery: GalleryOpt = None,
+    gallery_size: GallerySizeOpt = 24,
     **options: Any,
 ) -> None:
     """Detect defects in images, streaming boxes, scores and a verdict per image.
@@ -89,8 +99,15 @@ def predict(
     from defectdet.engine.predict.run import PredictOutput
     from defectdet.engine.predict.run import predict as run_predict
 
-    output = PredictOutput(out_dir, name=name, exist_ok=exist_ok, save_images=save_images)
-    output.progress = not json_out
+    output = PredictOutput(
+        out_dir,
+        name=name,
+        exist_ok=exist_ok,
+        save_images=save_images,
+        progress=not json_out,
+        gallery=gallery,
+        gallery_size=gallery_size,
+    )
     summary = run_predict(source, weights, _predict_config(options), output)
     if json_out:
         print(json.dumps(summary, indent=2))
@@ -127,6 +144,8 @@ def evaluate(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write everything as JSON ('-' = stdout).")
     ] = None,
+    gallery: GalleryOpt = None,
+    gallery_size: GallerySizeOpt = 24,
     **options: Any,
 ) -> None:
     """Score a checkpoint per class, per image and as a confusion matrix.
@@ -141,11 +160,14 @@ def evaluate(
     """
     from defectdet.engine.evaluate.render import plot_evaluation, render_evaluation
     from defectdet.engine.evaluate.run import evaluate_checkpoint
+    from defectdet.engine.gallery import check_gallery_folder
     from defectdet.io import write_json
 
     cfg = _predict_config(options)  # checked before the data is read
     catalog = _load(data, fmt, strict)
-    report = evaluate_checkpoint(catalog, weights, cfg, split, str(data))
+    if gallery is not None:
+        check_gallery_folder(gallery, gallery_size)
+    report = evaluate_checkpoint(catalog, weights, cfg, split, str(data), gallery, gallery_size)
     to_stdout = json_path is not None and str(json_path) == "-"
     if to_stdout:
         print(json.dumps(report, indent=2, default=str))
@@ -157,6 +179,8 @@ def evaluate(
     if plots is not None:
         paths = plot_evaluation(report, plots)
         err.print(f"plots written to {', '.join(escape(str(p)) for p in paths)}")
+    if report["gallery"]:
+        err.print(f"gallery: {len(report['gallery'])} contact sheets in {escape(str(gallery))}")
 
 
 # ---------------------------------------------------------------------------- export

@@ -16,6 +16,7 @@ from defectdet.config import PredictConfig, validate
 from defectdet.console import warn
 from defectdet.data.catalog import Catalog
 from defectdet.engine.evaluate.score import score_catalog
+from defectdet.engine.gallery import evaluation_items, write_gallery
 from defectdet.errors import ConfigError
 
 EVAL_SPLITS = ("val", "valid", "validation", "test")
@@ -58,6 +59,8 @@ def evaluate_checkpoint(
     cfg: PredictConfig,
     split: str | None = None,
     data_name: str = "",
+    gallery: Path | None = None,
+    gallery_size: int = 24,
 ) -> dict:
     """Run the checkpoint over the chosen split and return the full report (JSON-ready): the
     detections are those ``predict`` gives for the same images, the metrics one
@@ -72,9 +75,14 @@ def evaluate_checkpoint(
     detector = load_detector(weights, rt.backend, device, rt.half)
     mapping = class_mapping(detector.class_names, part.classes)
     t0 = time.perf_counter()
-    metrics, _ = score_catalog(
+    metrics, dets = score_catalog(
         detector, part, cfg.infer, rt.batch_size, rt.workers, cfg.tiles, label_map=mapping
     )
+    sheets = []
+    if gallery is not None:
+        thresholds = np.array([c.threshold for c in metrics.classes])
+        items = evaluation_items(part, dets, thresholds, gallery_size)
+        sheets = [str(p) for p in write_gallery(items, gallery)]
     return {
         "weights": str(weights),
         "backend": rt.backend,
@@ -89,4 +97,5 @@ def evaluate_checkpoint(
         "seconds": round(time.perf_counter() - t0, 2),
         "metrics": metrics.to_dict(),
         "pr_curves": metrics.pr_curves,
+        "gallery": sheets,
     }

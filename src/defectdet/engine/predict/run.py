@@ -20,6 +20,7 @@ import numpy as np
 
 from defectdet.config import PredictConfig, validate
 from defectdet.console import warn
+from defectdet.engine.gallery import PredictionGallery, check_gallery_folder, write_gallery
 from defectdet.engine.inference.detectors import Detector, load_detector
 from defectdet.engine.inference.preprocess import ImageMeta
 from defectdet.engine.inference.run import Detections, Inference
@@ -42,6 +43,8 @@ class PredictOutput:
     exist_ok: bool = False
     save_images: bool = False
     progress: bool = True
+    gallery: Path | None = None  # contact sheets for review (engine.gallery)
+    gallery_size: int = 24
 
 
 def output_dir(opts: PredictOutput) -> Path:
@@ -83,10 +86,15 @@ def predict(
         )
     sources = list_sources(source)
     out_dir = output_dir(output)  # refuse before the (slow) model load
+    if output.gallery is not None:
+        check_gallery_folder(output.gallery, output.gallery_size, output.exist_ok)
     if detector is None:
         detector = load_detector(weights, rt.backend, device, rt.half)
     inference = Inference(detector, cfg.infer, cfg.tiles)
     run = _Run(inference)
+    if output.gallery is not None:
+        run.gallery = PredictionGallery(inference.class_names, output.gallery_size)
+        run.paths = [s.path for s in sources]
     t0 = time.perf_counter()
     with (
         PredictionWriter(out_dir, inference.class_names, output.save_images) as writer,
@@ -103,6 +111,9 @@ def predict(
         writer.finish()
         run.write_seconds += time.perf_counter() - t
     summary = run.summary(len(sources), time.perf_counter() - t0, out_dir)
+    if run.gallery is not None:
+        sheets = write_gallery(run.gallery.items(), output.gallery)
+        summary["gallery"] = [str(p) for p in sheets]
     write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -118,6 +129,8 @@ class _Run:
     skipped: list[str] = field(default_factory=list)
     write_seconds: float = 0.0
     boxes_per_class: np.ndarray | None = None
+    gallery: PredictionGallery | None = None
+    paths: list[Path] = field(default_factory=list)
 
     def add(self, meta: ImageMeta, det: Detections | None, writer: PredictionWriter) -> None:
         if det is None:
@@ -128,6 +141,8 @@ class _Run:
             return
         keep = det.passed(self.inference.thresholds)
         writer.add(meta.index + 1, meta.name, meta.width, meta.height, det, keep, meta.image)
+        if self.gallery is not None:
+            self.gallery.add(self.paths[meta.index], meta.name, det, self.inference.thresholds)
         self.done += 1
         self.defect_images += bool(keep.any())
         if self.boxes_per_class is None:

@@ -28,24 +28,12 @@ from typing import IO
 import cv2
 import numpy as np
 
+from defectdet.engine.gallery import draw_boxes
 from defectdet.engine.inference.run import Detections
 from defectdet.io import atomic_open, ensure_dir
 
 RESULT_FILES = ("predictions.csv", "images.csv", "predictions.json", "predictions.jsonl")
 _WRITABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-# Distinct BGR colours (tab10), one per class, cycling.
-_PALETTE = [
-    (180, 119, 31),
-    (14, 127, 255),
-    (44, 160, 44),
-    (40, 39, 214),
-    (189, 103, 148),
-    (75, 86, 140),
-    (194, 119, 227),
-    (127, 127, 127),
-    (34, 189, 188),
-    (207, 190, 23),
-]
 
 
 class PredictionWriter:
@@ -196,33 +184,3 @@ def _max_per_class(scores: np.ndarray, labels: np.ndarray, k: int) -> list[float
         if out[c] is None or s > out[c]:
             out[c] = s
     return out
-
-
-def draw_boxes(
-    bgr: np.ndarray, boxes: np.ndarray, scores: np.ndarray, names: list[str], labels: np.ndarray
-) -> np.ndarray:
-    """Draw boxes with ``class score`` labels on ``bgr`` in place; line width follows the size."""
-    side = max(bgr.shape[:2])
-    thick = max(1, round(side / 400))
-    font = max(0.35, side / 1600)
-    for (x1, y1, x2, y2), s, name, c in zip(
-        boxes.tolist(), scores.tolist(), names, labels.tolist(), strict=True
-    ):
-        color = _PALETTE[int(c) % len(_PALETTE)]
-        p1, p2 = (round(x1), round(y1)), (round(x2), round(y2))
-        cv2.rectangle(bgr, p1, p2, color, thick, cv2.LINE_AA)
-        text = f"{name} {s:.2f}"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font, thick)
-        top = p1[1] - th - base if p1[1] - th - base >= 0 else p1[1]  # inside when at the top
-        cv2.rectangle(bgr, (p1[0], top), (p1[0] + tw, top + th + base), color, -1)
-        cv2.putText(
-            bgr,
-            text,
-            (p1[0], top + th),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            font,
-            (255, 255, 255),
-            thick,
-            cv2.LINE_AA,
-        )
-    return bgr

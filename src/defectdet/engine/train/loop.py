@@ -263,7 +263,10 @@ class Trainer:
         set_epoch(self.loader, epoch)
         self.sampler.skip = self.state["step_in_epoch"] * self.cfg.optim.batch_size
         self.ddp_model.train()
-        sums: dict[str, float] = {}
+        # Loss sums of the epoch's steps so far, kept in the state: a resumed epoch averages over
+        # all its steps, as an uninterrupted one does.
+        done = self.state["step_in_epoch"]
+        sums: dict[str, float] = dict(self.state.get("epoch_loss_sums") or {}) if done else {}
         steps = 0
         label = f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
         with RateProgress(label, len(self.loader), enabled=self.info.is_main) as bar:
@@ -272,13 +275,14 @@ class Trainer:
                 steps += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
+                self.state["epoch_loss_sums"] = dict(sums)
                 lr = self.optimizer.param_groups[0]["lr"]
                 info = " ".join(f"{k} {v:.3f}" for k, v in parts.items()) + f" lr {lr:.2e}"
                 bar.advance(len(targets) * self.info.world_size, steps=1, info=info)
                 if self._stop_requested or self._out_of_steps():
                     break
         self.sampler.skip = 0
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        return {k: v / max(done + steps, 1) for k, v in sums.items()}
 
     def _step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, float]:
         batch = to_model_input(images, self.device, self.channels_last)
