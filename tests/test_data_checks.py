@@ -1,9 +1,13 @@
 """Image files are checked from their headers while loading: unreadable ones are reported by name
-and skipped (fatal under --strict), with one header read per image and no pixel decoding."""
+and skipped (fatal under --strict), with one header read per image and no pixel decoding; the
+DEFECTDET_MAX_PIXELS limit; analysing annotations without their images (--no-check-images)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -13,8 +17,9 @@ from typer.testing import CliRunner
 
 from conftest import coco_doc, write_image
 from defectdet.cli import app
-from defectdet.data import validate
+from defectdet.data import images, validate
 from defectdet.data.formats import load_dataset
+from defectdet.data.images import ImageError, load_rgb, read_size
 
 runner = CliRunner()
 
@@ -122,3 +127,67 @@ def test_header_check_does_not_decode_pixels(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(cv2, "imdecode", no_decoding)
     cat = load_dataset(tmp_path / "ann.json")
     assert cat.num_images == 2 and len(cat.problems) == 0
+
+
+# ---------------------------------------------------------------------------- DEFECTDET_MAX_PIXELS
+def test_max_pixels_is_read_from_the_environment(tmp_path: Path):
+    """The limit is read once, when defectdet.data.images is imported: a fresh process with
+    DEFECTDET_MAX_PIXELS lowered refuses an image over it by name, and keeps one under it."""
+    write_image(tmp_path / "small.png", 40, 30)  # 1200 pixels
+    write_image(tmp_path / "big.png", 64, 48)  # 3072 pixels
+    doc = coco_doc([(1, "small.png", 40, 30), (2, "big.png", 64, 48)], [(1, 1, (5, 5, 10, 10))])
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    env = {**os.environ, "DEFECTDET_MAX_PIXELS": "2000"}
+    args = [sys.executable, "-m", "defectdet", "analyze", str(tmp_path / "ann.json")]
+    done = subprocess.run([*args, "--json", "-"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "big.png: declared size 64x48 exceeds the limit of 2000 pixels" in done.stderr
+    assert "raise DEFECTDET_MAX_PIXELS" in done.stderr and "small.png" not in done.stderr
+    assert json.loads(done.stdout)["num_images"] == 1
+
+
+def test_max_pixels_applies_to_pixels_headers_and_given_sizes(tmp_path: Path, monkeypatch):
+    """In one process the module attribute is the limit (the environment was read at import)."""
+    write_image(tmp_path / "small.png", 40, 30)
+    write_image(tmp_path / "big.png", 64, 48)
+    monkeypatch.setattr(images, "MAX_PIXELS", 2000)
+    assert read_size(tmp_path / "small.png") == (40, 30)
+    assert load_rgb(tmp_path / "small.png").shape == (30, 40, 3)
+    for read in (read_size, load_rgb):
+        with pytest.raises(ImageError, match=r"big\.png: declared size 64x48 exceeds the limit"):
+            read(tmp_path / "big.png")
+    # A size given in the annotations over the limit is not trusted either: with the image
+    # checks off, the header is read for it, and refuses it.
+    doc = coco_doc([(1, "small.png", 40, 30), (2, "big.png", 64, 48)], [(1, 1, (5, 5, 10, 10))])
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    cat = load_dataset(tmp_path / "ann.json", check_images=False)
+    assert cat.images["file_name"].tolist() == ["small.png"]
+    (problem,) = cat.problems
+    assert problem.where == "image id 2" and problem.kind == "unreadable-image"
+    assert problem.message.startswith("size 64x48 exceeds the limit of 2000 pixels, and ")
+
+
+# ---------------------------------------------------------------------------- --no-check-images
+def test_no_check_images_works_without_the_image_files(tmp_path: Path):
+    """An annotation file analysed on its own: with --no-check-images the missing images are
+    not looked for; with the checks on (the default) each one is reported."""
+    doc = coco_doc([(1, "a.png", 64, 48), (2, "b.png", 64, 48)], [(1, 1, (5, 5, 10, 10))])
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    args = ["analyze", str(tmp_path / "ann.json")]
+    result = runner.invoke(app, [*args, "--no-check-images", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output and "not found" not in result.output
+    report = json.loads(result.stdout)
+    assert report["num_images"] == 2 and report["num_background_images"] == 1
+
+    checked = runner.invoke(app, args)  # no image left: one error listing what is missing
+    assert checked.exit_code == 2
+    assert "no usable images" in checked.output
+    assert "'a.png' not found" in checked.output and "'b.png' not found" in checked.output
+
+    write_image(tmp_path / "a.png")  # one present: the other is a warning, and skipped
+    checked = runner.invoke(app, [*args, "--json", str(tmp_path / "r.json")])
+    assert checked.exit_code == 0, checked.output
+    assert "ann.json (image id 2): image file 'b.png' not found [skipped]" in checked.output
+    assert json.loads((tmp_path / "r.json").read_text())["num_images"] == 1

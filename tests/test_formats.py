@@ -275,3 +275,76 @@ def test_coco_split_files_that_restart_ids_at_one(tmp_path: Path):
     assert val_boxes["file_name"].tolist() == ["images/3.jpg"]
     assert val_boxes[["x1", "class_id"]].values.tolist() == [[3.0, 1]]
     assert cat.images["image_id"].is_unique
+
+
+def test_csv_incomplete_rows_are_bad_records_and_image_only_rows_defect_free(tmp_path: Path):
+    """Issue 12: a cut row (``d.png,1``) was taken for a defect-free image. Only a row with the
+    image name alone (or with every other field empty) is one; a row with a label but not all
+    four coordinates, or coordinates without a label, is skipped whole and named by its line."""
+    for n in "abcdef":
+        write_image(tmp_path / f"{n}.png")
+    (tmp_path / "ann.csv").write_text(
+        "image,x1,y1,x2,y2,label\n"
+        "a.png,1,2,10,12,scratch\n"  # line 2: a box
+        "b.png\n"  # line 3: defect-free
+        "c.png,,,,,\n"  # line 4: defect-free
+        "\n"  # line 5: blank (line numbers below stay the file's own)
+        "d.png,1\n"  # line 6: cut
+        "e.png,1,1,5,,crack\n"  # line 7: label, three coordinates
+        "f.png,1,1,5,5,\n"  # line 8: coordinates, no label
+    )
+    cat = load_dataset(tmp_path / "ann.csv")
+    assert sorted(cat.images["file_name"]) == ["a.png", "b.png", "c.png"]
+    background = cat.images.loc[cat.background_mask(), "file_name"]
+    assert sorted(background) == ["b.png", "c.png"]
+    assert cat.classes == ["scratch"] and len(cat.boxes) == 1
+    assert [(p.where, p.kind, p.action) for p in cat.problems] == [
+        ("line 6", "bad-record", "skipped"),
+        ("line 7", "bad-record", "skipped"),
+        ("line 8", "bad-record", "skipped"),
+    ]
+    messages = [p.message for p in cat.problems]
+    assert messages == [
+        "row has coordinates but no label",
+        "row has a label but no y2",
+        "row has coordinates but no label",
+    ]
+    with pytest.raises(DataError, match=r"--strict(.|\n)*ann\.csv \(line 6\)"):
+        load_dataset(tmp_path / "ann.csv", strict=True)
+
+
+def test_coco_sizes_given_but_unusable_are_repaired_and_reported(tmp_path: Path):
+    """Issue 12: a size the reader cannot use is read from the image, and that is reported."""
+    for n in "abcde":
+        write_image(tmp_path / f"{n}.png")
+    images = [(1, "a.png", 1e308, 48), (2, "b.png", "64", 48), (3, "c.png", 64, -48)]
+    images += [(4, "d.png", 0, 0), (5, "e.png", 64, 48)]  # not given / fine: nothing to report
+    (tmp_path / "ann.json").write_text(json.dumps(coco_doc(images, [(1, 1, (5, 5, 10, 10))])))
+    doc = json.loads((tmp_path / "ann.json").read_text())
+    doc["images"][3].pop("width")
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    for check_images in (True, False):
+        cat = load_dataset(tmp_path / "ann.json", check_images=check_images)
+        assert cat.images[["width", "height"]].values.tolist() == [[64, 48]] * 5
+        problems = [(p.where, p.kind, p.message, p.action) for p in cat.problems]
+        read = "size read from the image: 64x48"
+        assert problems == [
+            ("image id 1", "bad-size", "width 1e+308 exceeds the limit of 250000000 pixels", read),
+            ("image id 2", "bad-size", "width '64' is not a number", read),
+            ("image id 3", "bad-size", "height -48 is not a positive whole number", read),
+        ]
+
+
+def test_voc_guessed_images_are_reported(tmp_path: Path):
+    write_image(tmp_path / "JPEGImages" / "a.jpg")
+    write_image(tmp_path / "one" / "b.png")
+    write_image(tmp_path / "two" / "b.png")
+    write_voc(tmp_path / "Annotations" / "a.xml", "a.png")  # only a.jpg exists
+    write_voc(tmp_path / "Annotations" / "b.xml", "b.png")  # two images named b.png
+    cat = load_dataset(tmp_path)
+    assert sorted(cat.images["file_name"]) == ["JPEGImages/a.jpg", "one/b.png"]
+    assert [(Path(p.file).name, p.kind, p.action) for p in cat.problems] == [
+        ("a.xml", "guessed-image", "using 'JPEGImages/a.jpg'"),
+        ("b.xml", "guessed-image", "using 'one/b.png'"),
+    ]
+    assert "2 images fit filename 'b.png' (one/b.png, two/b.png)" in str(cat.problems.problems[1])

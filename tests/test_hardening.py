@@ -1,8 +1,15 @@
-"""Bad-input catalogue (issue 7): the subcommands against broken, hostile and odd input.
+"""Bad-input catalogue (issues 7 and 12): the subcommands against broken, hostile and odd input.
 
 Every case either works, or stops with exactly one clear message that names the file and the
 problem and a non-zero exit code; never a traceback, never a hang. Bad records in otherwise usable
-data are skipped with a warning naming file and record (``--strict`` makes them exit code 2).
+data are skipped or repaired with a warning naming file and record (``--strict`` makes them exit
+code 2).
+
+Who runs what: every dataset case goes through ``analyze`` and ``convert`` (with and without
+``--strict``), ``evaluate`` (unusable data; bad records under ``--strict``; a representative
+subset, RUN_THROUGH, to the end) and ``train`` (likewise). ``predict`` reads images, not datasets:
+it runs against the image catalogue (PREDICT_IMAGES, PREDICT_SOURCES). ``export`` reads only a
+checkpoint: the checkpoint cases below cover it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -30,6 +38,7 @@ from defectdet.data.augment import build_transforms
 from defectdet.data.dataset import BadImageWarning, DetectionDataset
 from defectdet.data.formats import load_dataset
 from defectdet.data.images import ImageError, load_rgb, read_size
+from detector_helpers import make_checkpoint
 
 runner = CliRunner()
 TINY = [
@@ -196,11 +205,19 @@ def outside(root: Path) -> Path:
     return write_image(root.parent / f"{root.name}-outside.png")
 
 
-def voc(bad_xml: str | bytes) -> Builder:
-    """One good VOC file (a.xml) and ``bad.xml`` next to it."""
+def voc(bad_xml: str | bytes, files: tuple[str, ...] = ()) -> Builder:
+    """One good VOC file (a.xml) and ``bad.xml`` next to it; ``files``: more images (or, for a
+    name ending in ``.txt``, a non-UTF-8 text file)."""
 
     def build(root: Path) -> Path:
         write_image(root / "a.png")
+        for name in files:
+            path = root / name
+            if name.endswith(".txt"):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"a\n\xff\xfe\n")
+            else:
+                write_image(path)
         (root / "a.xml").write_text(
             "<annotation><filename>a.png</filename><object><name>scratch</name><bndbox>"
             "<xmin>5</xmin><ymin>5</ymin><xmax>20</xmax><ymax>20</ymax></bndbox></object>"
@@ -213,9 +230,9 @@ def voc(bad_xml: str | bytes) -> Builder:
     return build
 
 
-def voc_box(file_name: str = "a.png", x1: str = "5", x2: str = "20") -> str:
+def voc_box(file_name: str = "a.png", x1: str = "5", x2: str = "20", size: str = "") -> str:
     return (
-        f"<annotation><filename>{file_name}</filename><object><name>scratch</name><bndbox>"
+        f"<annotation><filename>{file_name}</filename>{size}<object><name>scratch</name><bndbox>"
         f"<xmin>{x1}</xmin><ymin>5</ymin><xmax>{x2}</xmax><ymax>20</ymax></bndbox></object>"
         "</annotation>"
     )
@@ -223,7 +240,7 @@ def voc_box(file_name: str = "a.png", x1: str = "5", x2: str = "20") -> str:
 
 def yolo(
     label: str | bytes = "0 0.5 0.5 0.2 0.2",
-    data_yaml: str | bytes = "names: [a, b]",
+    data_yaml: str | bytes | None = "names: [a, b]",
     extra: dict[str, bytes] | None = None,
 ) -> Builder:
     def build(root: Path) -> Path:
@@ -231,9 +248,10 @@ def yolo(
         write_image(root / "images" / "b.png")
         (root / "labels").mkdir()
         (root / "labels" / "a.txt").write_bytes(label.encode() if isinstance(label, str) else label)
-        (root / "data.yaml").write_bytes(
-            data_yaml.encode() if isinstance(data_yaml, str) else data_yaml
-        )
+        if data_yaml is not None:
+            (root / "data.yaml").write_bytes(
+                data_yaml.encode() if isinstance(data_yaml, str) else data_yaml
+            )
         for name, content in (extra or {}).items():
             (root / name).write_bytes(content)
         return root
@@ -342,7 +360,33 @@ CASES: dict[str, Case] = {
     ),
     "coco-image-file-missing": warns(coco(extra_image("gone.png")), "id 3", "'gone.png' not found"),
     "coco-duplicate-image": warns(coco(extra_image("a.png")), "id 3", "duplicate image entry"),
-    "coco-size-1e308": warns(coco(lambda d, r: d["images"][0].update(width=1e308, height=-5))),
+    "coco-size-1e308": warns(
+        coco(lambda d, r: d["images"][0].update(width=1e308, height=-5)),
+        "ann.json (image id 1)",
+        "width 1e+308 exceeds the limit",
+        "height -5 is not a positive whole number",
+        "[size read from the image: 64x48]",
+    ),
+    "coco-size-string": warns(
+        coco(lambda d, r: d["images"][1].update(width="64")),
+        "ann.json (image id 2)",
+        "width '64' is not a number",
+        "[size read from the image: 64x48]",
+    ),
+    "coco-size-fractional": warns(
+        coco(lambda d, r: d["images"][1].update(height=47.5)),
+        "ann.json (image id 2)",
+        "height 47.5 is not a positive whole number",
+        "[size read from the image: 64x48]",
+    ),
+    "coco-size-not-given": warns(  # valid: read from the header, nothing was repaired
+        coco(lambda d, r: [(im.pop("width"), im.update(height=0)) for im in d["images"]])
+    ),
+    "coco-split-not-a-name": warns(
+        coco(lambda d, r: d["images"][0].update(split=5)),
+        "ann.json (image id 1)",
+        "split '5' is not a name [no split]",
+    ),
     "coco-zero-byte-image": warns(extra_file("z.png", b""), "id 3", "z.png: not a readable image"),
     "coco-text-as-jpg": warns(extra_file("t.jpg", b"hi"), "id 3", "t.jpg: not a readable image"),
     "coco-cut-header": warns(extra_file("h.png", BOMB[:20]), "h.png: not a readable image"),
@@ -365,6 +409,27 @@ CASES: dict[str, Case] = {
     "voc-1e308": warns(voc(voc_box(x2="1e308")), "bad.xml (object 1)", "mostly outside"),
     "voc-infinite": warns(voc(voc_box(x2="inf")), "bad.xml (object 1)", "non-finite"),
     "voc-image-missing": warns(voc(voc_box("zz.png")), "bad.xml", "no image found", "'zz.png'"),
+    "voc-size-text": warns(
+        voc(
+            voc_box("b.png", size="<size><width>wide</width><height>48</height></size>"), ("b.png",)
+        ),
+        "bad.xml: width 'wide' is not a number",
+        "[size read from the image: 64x48]",
+    ),
+    "voc-ambiguous-image": warns(
+        voc(voc_box("C:\\pc\\x.png"), ("one/x.png", "two/x.png")),
+        "bad.xml: 2 images fit filename",
+        "[using 'one/x.png']",
+    ),
+    "voc-other-extension": warns(
+        voc(voc_box("q.png"), ("q.jpg",)),
+        "bad.xml: no image named 'q.png'",
+        "[using 'q.jpg']",
+    ),
+    "voc-split-list-binary": warns(
+        voc(voc_box("b.png"), ("b.png", "ImageSets/Main/train.txt")),
+        "train.txt: cannot read split list",
+    ),
     # YOLO
     "yolo-malformed-yaml": fails(yolo(data_yaml="names: [a, b"), "data.yaml", "not valid YAML"),
     "yolo-yaml-binary": fails(yolo(data_yaml=b"\xff\xfe"), "data.yaml", "not valid YAML"),
@@ -373,6 +438,11 @@ CASES: dict[str, Case] = {
     "yolo-yaml-same-name-twice": fails(yolo(data_yaml="names: [a, a]"), "data.yaml", "twice: a"),
     "yolo-yaml-id-gap": fails(yolo(data_yaml="names: {0: a, 5: b}"), "data.yaml", "must be 0..1"),
     "yolo-yaml-alias-bomb": fails(yolo(data_yaml=ALIAS_BOMB_YAML), "data.yaml", "aliases (*a0)"),
+    "yolo-classes-txt-binary": fails(
+        yolo(data_yaml=None, extra={"classes.txt": b"a\n\xff\xfe\n"}),
+        "classes.txt",
+        "not a UTF-8 text file",
+    ),
     "yolo-garbage-line": warns(yolo("hi there\n0 .5 .5 .2 .2"), "a.txt (line 1)", "expected num"),
     "yolo-nan": warns(yolo("0 nan 0.5 0.2 0.2"), "a.txt (line 1)", "non-finite"),
     "yolo-1e308": warns(yolo("0 1e308 0.5 0.2 0.2"), "a.txt (line 1)", "not normalised"),
@@ -382,6 +452,9 @@ CASES: dict[str, Case] = {
     "yolo-too-few-fields": warns(yolo("0 0.5 0.5"), "a.txt (line 1)", "got 3 fields"),
     "yolo-binary-label": warns(yolo(b"\xff\xfe\x00"), "a.txt", "cannot read label file"),
     "yolo-zero-byte-image": warns(yolo(extra={"images/z.png": b""}), "z.png", "not a readable"),
+    "yolo-label-without-image": warns(
+        yolo(extra={"labels/c.txt": b"0 0.5 0.5 0.2 0.2\n"}), "c.txt", "label file without an image"
+    ),
     # CSV
     "csv-malformed": fails(csv(ROWS + '"b.png,1,1,5,5,x\n'), "ann.csv", "not a readable CSV"),
     "csv-empty-file": fails(csv(""), "ann.csv", "not a readable CSV"),
@@ -390,7 +463,22 @@ CASES: dict[str, Case] = {
     "csv-header-only": fails(csv(ROWS.splitlines()[0]), "ann.csv", "no usable images"),
     "csv-string-coordinates": warns(csv(ROWS + "b.png,one,1,5,5,x\n"), "line 3", "non-finite"),
     "csv-1e308": warns(csv(ROWS + "b.png,-1e308,1,1e308,5,x\n"), "line 3", "mostly outside"),
-    "csv-truncated": warns(csv(ROWS + "b.png,1")),
+    "csv-truncated": warns(csv(ROWS + "b.png,1"), "ann.csv (line 3)", "coordinates but no label"),
+    "csv-label-without-coordinates": warns(
+        csv(ROWS + "b.png,1,1,,,x\n"), "ann.csv (line 3)", "a label but no x2, y2"
+    ),
+    "csv-too-many-fields": warns(
+        csv(ROWS + "b.png,1,1,5,5,x,7\n"), "ann.csv (line 3)", "7 fields, the header 6"
+    ),
+    "csv-split-conflict": warns(
+        csv("image,x1,y1,x2,y2,label,split\na.png,1,1,5,5,x,train\na.png,2,2,6,6,x,val\n"),
+        "ann.csv (line 3)",
+        "in split 'val' here but in 'train' on line 2 [kept in split 'train']",
+    ),
+    "csv-blank-lines": warns(
+        csv(ROWS + "\n\n" + "gone.png,1,1,5,5,x\n"), "ann.csv (line 5)", "'gone.png' not found"
+    ),
+    "csv-image-only-row": warns(csv(ROWS + "b.png\n")),  # valid: a defect-free image
     "csv-missing-image": warns(csv(ROWS + "gone.png,1,1,5,5,x\n"), "line 3", "'gone.png' not"),
     "csv-escaping-path": warns(csv(ROWS + "../../etc/passwd,1,1,5,5,x\n"), "line 3", OUT),
 }
@@ -429,6 +517,165 @@ def test_train_refuses_unusable_data_before_building_anything(name: str, tmp_pat
 def test_sizes_that_no_integer_holds_are_read_from_the_image(tmp_path: Path):
     cat = load_dataset(CASES["coco-size-1e308"][0](tmp_path))
     assert cat.images[["width", "height"]].values.tolist() == [[64, 48], [64, 48]]
+    (problem,) = cat.problems  # repaired, and said so
+    assert (problem.kind, problem.where) == ("bad-size", "image id 1")
+    assert problem.action == "size read from the image: 64x48"
+
+
+# ---------------------------------------------------------------------------- evaluate, train
+#: Warning cases that ``evaluate`` runs to the end, model and all. Every other case stops at the
+#: data (unusable data, or any bad record under --strict), which costs next to nothing; running
+#: each of the ~90 cases through a model would cost 1 to 1.5 s each on 2 CPU cores. The subset
+#: takes each reader (COCO, VOC, YOLO, CSV) through a skipped record, plus an unreadable image
+#: among good ones, a repaired image size and non-ASCII paths with spaces (about 8 s).
+RUN_THROUGH = (
+    "coco-nan",
+    "coco-zero-byte-image",
+    "coco-size-1e308",
+    "coco-non-ascii-and-spaces",
+    "voc-1e308",
+    "yolo-garbage-line",
+    "csv-truncated",
+)
+#: Warning cases that ``train`` runs to the end (one step): one per reader, each leaving at least
+#: the two images a train/val split needs (csv-truncated and voc-1e308 leave one), 3 to 5 s each.
+TRAIN_THROUGH = (
+    "coco-zero-byte-image",
+    "coco-size-1e308",
+    "voc-size-text",
+    "yolo-garbage-line",
+    "csv-string-coordinates",
+)
+#: A class each format's cases have (the checkpoint's classes must be in the data).
+CLASS_OF = {"coco": "scratch", "voc": "scratch", "yolo": "a", "csv": "x"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """An untrained tiny checkpoint per format (made in well under a second each)."""
+    tmp = tmp_path_factory.mktemp("weights")
+    return {f: make_checkpoint(tmp / f"{f}.pt", classes=(c,)) for f, c in CLASS_OF.items()}
+
+
+def build_case(name: str, tmp_path: Path) -> tuple[Path, int, tuple[str, ...]]:
+    build, code, says = CASES[name]
+    (tmp_path / "data").mkdir()
+    return build(tmp_path / "data"), code, says
+
+
+@pytest.mark.parametrize(
+    "name", [n for n, (_, code, says) in CASES.items() if code or says or n in RUN_THROUGH]
+)
+def test_evaluate_on_the_catalogue(name: str, tmp_path: Path, checkpoints: dict[str, Path]):
+    data, code, says = build_case(name, tmp_path)
+    weights = checkpoints[name.split("-")[0]]
+    args = ("evaluate", data, "--weights", weights, "--workers", "0", "--device", "cpu")
+    if code != 0:
+        cli(*args, code=code, says=says)
+    elif says:
+        cli(*args, "--strict", code=2, says=("--strict", *says))
+    if name in RUN_THROUGH:
+        cli(*args, code=0, says=(*says, "mAP"))
+
+
+@pytest.mark.parametrize("name", [n for n, (_, code, says) in CASES.items() if not code and says])
+def test_train_strict_stops_at_a_bad_record_before_building_anything(name: str, tmp_path: Path):
+    data, _, says = build_case(name, tmp_path)
+    runs = tmp_path / "runs"
+    cli("train", data, *TINY, "--strict", "--project", runs, code=2, says=("--strict", *says))
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize("name", TRAIN_THROUGH)
+def test_train_runs_through_bad_records(name: str, tmp_path: Path):
+    data, _, says = build_case(name, tmp_path)
+    runs = tmp_path / "runs"
+    cli("train", data, *TINY, "--project", runs, code=0, says=(*says, "done"))
+    assert (runs / "exp" / "weights" / "last.pt").is_file()
+
+
+# ---------------------------------------------------------------------------- predict
+def float_rgb_tiff(path: Path) -> None:
+    assert cv2.imwrite(str(path), np.full((48, 64, 3), 0.5, np.float32))
+
+
+#: Image files predict must skip by name (beside a good image), and what it says about each.
+PREDICT_IMAGES: dict[str, tuple[bytes | Callable[[Path], object], str]] = {
+    "zero-byte.png": (b"", "not a readable image"),
+    "text.jpg": (b"not an image at all", "not a readable image"),
+    "gif-named.png": (b"GIF89a not really", "not a readable image"),
+    "cut-header.png": (png_header(64, 48)[:20], "not a readable image"),
+    "bomb.png": (BOMB, "decompression bomb"),
+    "bomb-one-row.png": (png_header(2**31 - 1, 1), "decompression bomb"),
+    "truncated-pixels.png": (truncated_png, "cannot decode image"),
+    "float-rgb.tif": (float_rgb_tiff, "not a readable image"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREDICT_IMAGES))
+def test_predict_skips_a_bad_image_by_name(name: str, tmp_path: Path, checkpoints: dict[str, Path]):
+    content, message = PREDICT_IMAGES[name]
+    src = tmp_path / "parts"
+    write_image(src / "good.png")
+    path = src / name
+    path.write_bytes(content) if isinstance(content, bytes) else content(path)
+    args = [src, "--weights", checkpoints["coco"], "--out", tmp_path / "out", "--workers", "0"]
+    result = cli("predict", *args, "--device", "cpu", "--json", code=0, says=(name, message))
+    summary = json.loads(result.stdout)
+    assert (summary["images"], summary["skipped"], summary["skipped_files"]) == (1, 1, [name])
+
+
+def test_predict_reads_every_awkward_image_kind(tmp_path: Path, checkpoints: dict[str, Path]):
+    src = tmp_path / "pièces à vérifier"
+    for name, writer in IMAGE_MODES.items():
+        src.mkdir(exist_ok=True)
+        writer(src / name)
+    args = [src, "--weights", checkpoints["coco"], "--out", tmp_path / "out", "--workers", "0"]
+    result = cli("predict", *args, "--device", "cpu", "--json", code=0)
+    summary = json.loads(result.stdout)
+    assert (summary["images"], summary["skipped"]) == (len(IMAGE_MODES), 0)
+
+
+def list_file(text: bytes) -> Callable[[Path], Path]:
+    def build(root: Path) -> Path:
+        write_image(root / "good.png")
+        (root / "list.txt").write_bytes(text)
+        return root / "list.txt"
+
+    return build
+
+
+#: SOURCE arguments predict cannot use: exit 2 and one message, before any model is loaded.
+PREDICT_SOURCES: dict[str, tuple[Callable[[Path], Path | str], str]] = {
+    "missing-path": (lambda r: r / "nowhere", "no such image, folder, glob match or list file"),
+    "empty-folder": (lambda r: r, "no images found"),
+    "folder-without-images": (
+        lambda r: (r / "notes.txt").write_text("x") and r,
+        "no images found",
+    ),
+    "glob-matching-nothing": (lambda r: f"{r}/*.png", "no images found"),
+    "empty-list-file": (list_file(b"# nothing\n\n"), "the list of images is empty"),
+    "binary-list-file": (list_file(b"\xff\xfe\x00"), "cannot read the list of images"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PREDICT_SOURCES))
+def test_predict_refuses_an_unusable_source(
+    name: str, tmp_path: Path, checkpoints: dict[str, Path]
+):
+    build, message = PREDICT_SOURCES[name]
+    (tmp_path / "src").mkdir()
+    source = build(tmp_path / "src")
+    args = [source, "--weights", checkpoints["coco"], "--out", tmp_path / "out"]
+    cli("predict", *args, code=2, says=(str(source), message))
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_skips_a_listed_image_that_is_missing(tmp_path: Path, checkpoints):
+    source = list_file(b"good.png\ngone.png\n")(tmp_path)
+    args = [source, "--weights", checkpoints["coco"], "--out", tmp_path / "out", "--workers", "0"]
+    result = cli("predict", *args, "--device", "cpu", "--json", code=0, says=("gone.png",))
+    assert json.loads(result.stdout)["skipped_files"] == ["gone.png"]
 
 
 def test_a_class_without_instances_and_defect_free_images_are_counted(tmp_path: Path):
@@ -537,12 +784,35 @@ IMAGE_MODES: dict[str, Callable[[Path], object]] = {
 }
 
 
+#: The RGB value each IMAGE_MODES file loads to, by the one rule of ``defectdet.data.images``
+#: (16-bit: round(v / 257); float in 0..1: v * 255; 1-bit: 255; alpha dropped), and how far off
+#: it may be (JPEG is lossy and decoders convert CMYK slightly differently).
+MODE_PIXELS: dict[str, tuple[tuple[int, int, int] | None, int]] = {
+    "gray.png": ((90, 90, 90), 0),
+    "bilevel.png": ((255, 255, 255), 0),
+    "gray16.png": ((156, 156, 156), 0),  # 40000 / 257 = 155.6
+    "gray16.tif": ((156, 156, 156), 0),
+    "float.tif": ((128, 128, 128), 0),  # 0.5 * 255 = 127.5
+    "rgba.png": ((200, 10, 10), 0),
+    "gray-alpha.png": ((90, 90, 90), 0),
+    "palette.png": (None, 0),  # dithered: Pillow's own palette lookup, pixel by pixel
+    "cmyk.jpg": ((255, 55, 55), 2),
+    "cmyk.tif": ((255, 55, 55), 0),
+    "plain.bmp": ((9, 9, 9), 0),
+}
+
+
 @pytest.mark.parametrize("name", sorted(IMAGE_MODES))
 def test_image_modes_load_as_8bit_rgb(tmp_path: Path, name: str):
     IMAGE_MODES[name](tmp_path / name)
     assert read_size(tmp_path / name) == (40, 30)
     pixels = load_rgb(tmp_path / name)
     assert pixels.shape == (30, 40, 3) and pixels.dtype == np.uint8
+    value, tolerance = MODE_PIXELS[name]
+    if value is None:
+        with Image.open(tmp_path / name) as im:
+            value = np.asarray(im.convert("RGB"))
+    assert np.abs(pixels.astype(int) - value).max() <= tolerance, pixels[0, 0]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,9 @@ from defectdet.config import SamplerConfig, validate
 from defectdet.data.repeat_factors import repeat_factors_per_image
 
 # Tags that keep the random streams of the different per-epoch decisions independent.
-_TAG_BACKGROUND, _TAG_MAJORITY, _TAG_DRAW, _TAG_SHUFFLE = 1, 2, 3, 4
+_TAG_BACKGROUND, _TAG_MAJORITY, _TAG_DRAW, _TAG_SHUFFLE, _TAG_HARD = 1, 2, 3, 4, 5
+HARD_FLOOR = 0.01
+"""Added to every mined score: an image the model finds clean is still drawn now and then."""
 
 
 def decode_index(index: int, num_images: int) -> tuple[int, int]:
@@ -90,6 +92,7 @@ class EpochSampler(Sampler[int]):
         thinned[self._background] = thinned[self._majority_only] = True
         self._always = np.flatnonzero(~thinned)
         self._factors = repeat_factors_per_image(counts, cfg.repeat_threshold)
+        self.hardness: np.ndarray | None = None  # per row: best mined score (NaN: not mined)
         self.epoch = 0
         self.set_epoch(0)
 
@@ -125,14 +128,33 @@ class EpochSampler(Sampler[int]):
         perm = group[_rng(self.seed, tag, cycle).permutation(n)]
         return perm[np.arange(turn * k, turn * k + k) % n]
 
+    def set_hardness(self, scores: np.ndarray | None) -> None:
+        """Mined scores (per row; NaN where not mined); used from the next :meth:`set_epoch`."""
+        self.hardness = None if scores is None else np.asarray(scores, dtype=np.float64).copy()
+
     def _kept_rows(self) -> np.ndarray:
-        """Rows that survive undersampling this epoch (sorted)."""
+        """Rows that survive undersampling this epoch (sorted; hard negatives may repeat)."""
         parts = [
             self._always,
-            self._keep(self._background, self.cfg.background_fraction, _TAG_BACKGROUND),
+            *self._background_rows(),
             self._keep(self._majority_only, self.cfg.undersample_majority, _TAG_MAJORITY),
         ]
         return np.sort(np.concatenate(parts)).astype(np.int64)
+
+    def _background_rows(self) -> list[np.ndarray]:
+        """This epoch's defect-free rows: a rotating ``background_fraction`` of them; with hard
+        negatives mined, ``hard_fraction`` of those draws instead go, with replacement, to
+        images in proportion to their mined score (plus :data:`HARD_FLOOR`)."""
+        cfg, group = self.cfg, self._background
+        mined = self.hardness is not None and cfg.hard_negatives and len(group)
+        if not mined or cfg.hard_fraction <= 0:
+            return [self._keep(group, cfg.background_fraction, _TAG_BACKGROUND)]
+        total = math.ceil(cfg.background_fraction * len(group) - 1e-9)
+        hard = round(cfg.hard_fraction * total)
+        uniform = self._keep(group, (total - hard) / len(group), _TAG_BACKGROUND)
+        weights = np.nan_to_num(self.hardness[group], nan=0.0) + HARD_FLOOR
+        rng = _rng(self.seed, self.epoch, _TAG_HARD)
+        return [uniform, rng.choice(group, size=hard, replace=True, p=weights / weights.sum())]
 
     def _epoch_rows(self, epoch: int) -> np.ndarray:
         kept = self._kept_rows()
@@ -186,11 +208,13 @@ class EpochSampler(Sampler[int]):
         """This rank's (encoded) indices for the current epoch."""
         return self._indices
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "seed": self.seed}
+    def state_dict(self) -> dict[str, Any]:
+        hardness = None if self.hardness is None else self.hardness.tolist()
+        return {"epoch": self.epoch, "seed": self.seed, "hardness": hardness}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
+        self.set_hardness(state.get("hardness"))
         self.set_epoch(int(state["epoch"]))
 
     # ------------------------------------------------------------------ reporting

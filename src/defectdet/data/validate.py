@@ -3,17 +3,23 @@
 Every reader produces two raw tables and hands them here, so every format gets the same checks:
 
 - raw images: ``key`` (the reader's own image id), ``file_name`` (relative to the dataset root,
-  possibly sloppy), ``width``/``height`` (NaN when the source does not say), ``split``, and
-  ``src``/``where`` (the annotation file and record, for messages);
+  possibly sloppy), ``width``/``height`` (as the source gives them: missing, ``None``, NaN and 0
+  mean "not given"; see :func:`raw_images`), ``split``, and ``src``/``where`` (the annotation
+  file and record, for messages);
 - raw boxes: ``key``, ``class_id`` (-1 for a label the reader could not map), ``label`` (the raw
   label, for messages), ``x1 y1 x2 y2`` (pixels), ``src``/``where``. For speed on big COCO
   files ``where`` may be a bare annotation id and ``label`` a bare category id: messages are
   only formatted for the rows that have a problem.
 
 Checks: paths that escape the root (``..``, absolute paths, symlinks pointing outside), missing and
-unreadable image files, duplicate images, annotations for unknown images, unknown classes,
-NaN/infinite coordinates, empty boxes, boxes outside the image (clipped when mostly inside,
-dropped otherwise).
+unreadable image files, duplicate images, image sizes that are given but unusable (not a number,
+not a positive whole number, or more pixels than the limit: reported, and read from the image
+header instead), annotations for unknown images, unknown classes, NaN/infinite coordinates,
+empty boxes, boxes outside the image (clipped when mostly inside, dropped otherwise).
+
+Every record that is skipped, clipped or repaired is reported as a problem naming its file and
+record. Not repairs, and so not reported: a size that is not given at all (read from the header),
+and other spellings of the same path (backslashes, ``./``, an absolute path inside the root).
 """
 
 from __future__ import annotations
@@ -28,8 +34,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from defectdet.data import images as _images
 from defectdet.data.catalog import BOX_COLUMNS, IMAGE_COLUMNS, Catalog
-from defectdet.data.images import MAX_PIXELS, ImageError, read_size
+from defectdet.data.images import ImageError, read_size
 from defectdet.data.problems import ProblemLog
 
 RAW_IMAGE_COLUMNS = ["key", "file_name", "width", "height", "split", "src", "where"]
@@ -39,11 +46,73 @@ MIN_KEPT_AREA = 0.5
 
 
 def raw_images(rows: dict[str, list]) -> pd.DataFrame:
+    """The raw image table. ``width``/``height`` become floats, NaN where the source gives no
+    usable size; ``size_error`` says why a size that was given is unusable ("" when it is fine or
+    not given), for ``finalize`` to report when it reads the size from the image instead."""
     df = pd.DataFrame(rows, columns=RAW_IMAGE_COLUMNS)
-    df["width"] = pd.to_numeric(df["width"], errors="coerce")
-    df["height"] = pd.to_numeric(df["height"], errors="coerce")
+    width, width_error = _sizes(df["width"], "width")
+    height, height_error = _sizes(df["height"], "height")
+    error = np.array(
+        ["; ".join(e for e in pair if e) for pair in zip(width_error, height_error, strict=True)],
+        dtype=object,
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        too_big = (width * height > _images.MAX_PIXELS) & (error == "")
+    for i in np.flatnonzero(too_big):
+        error[i] = (
+            f"size {width[i]:.0f}x{height[i]:.0f} exceeds the limit of {_images.MAX_PIXELS} pixels"
+        )
+    bad = error != ""
+    df["width"], df["height"] = np.where(bad, np.nan, width), np.where(bad, np.nan, height)
+    df["size_error"] = error
     df["split"] = df["split"].fillna("").astype(str)
     return df
+
+
+def _sizes(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes as floats, NaN where not given or unusable; the reason per unusable value, or "").
+
+    Not given: missing, None, NaN, "" or 0 (exports write 0 for "unknown"). Usable: a positive
+    whole number up to the pixel limit. Anything else (text, booleans, lists, negative,
+    fractional, infinite or huge numbers) is given but unusable.
+    """
+    if values.dtype.kind in "iuf":
+        v = values.to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            usual = (v >= 1) & (v <= _images.MAX_PIXELS) & (v == np.floor(v))
+        out = np.where(usual, v, np.nan)
+        errors = np.full(len(v), "", dtype=object)
+        for i in np.flatnonzero(~usual):  # few: check them one by one
+            out[i], errors[i] = _size(v[i], name)
+        return out, errors
+    out = np.full(len(values), np.nan)
+    errors = np.full(len(values), "", dtype=object)
+    for i, value in enumerate(values.tolist()):
+        out[i], errors[i] = _size(value, name)
+    return out, errors
+
+
+def _size(value: object, name: str) -> tuple[float, str]:
+    """One size value: (the size, "") or (NaN, "" when not given, else the reason)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return np.nan, ""
+    text = f"{value:g}" if isinstance(value, float) else repr(value)
+    text = text if len(text) <= 24 else text[:20] + "..."
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return np.nan, f"{name} {text} is not a number"
+    try:
+        v = float(value)
+    except OverflowError:
+        v = float("inf")
+    if np.isnan(v) or v == 0:
+        return np.nan, ""
+    if not (np.isfinite(v) and v >= 1 and v == np.floor(v)):
+        return np.nan, f"{name} {text} is not a positive whole number"
+    if v > _images.MAX_PIXELS:
+        return np.nan, f"{name} {v:g} exceeds the limit of {_images.MAX_PIXELS} pixels"
+    return v, ""
 
 
 def raw_boxes(rows: dict[str, list]) -> pd.DataFrame:
@@ -198,11 +267,12 @@ def _read_headers(
     With ``every`` (images are checked) every image's header is read, so a zero-byte file, a
     text file named ``.png``, a cut header or a decompression bomb is reported even when the
     annotations give its size; otherwise only the images that need a size are read. Sizes come
-    from the header only where the annotations do not give a usable one (missing, NaN, below
-    1 px, or more pixels than MAX_PIXELS, e.g. 1e308, which no integer holds).
+    from the header only where the annotations do not give a usable one (see ``raw_images``);
+    a size that was given but unusable (e.g. 1e308, which no integer holds) is reported with the
+    size read instead.
     """
     w, h = images["width"], images["height"]
-    need = ~((w >= 1) & (h >= 1) & (w * h <= MAX_PIXELS))
+    need = ~((w >= 1) & (h >= 1))
     read = need | every
     if not read.any():
         return images
@@ -211,11 +281,32 @@ def _read_headers(
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = pd.Series(list(pool.map(_size_or_error, paths)), index=idx, dtype=object)
     bad = sizes.map(lambda s: isinstance(s, str))
-    errors = images.assign(error=sizes[bad].reindex(images.index))
-    _report(errors, errors["error"].notna(), problems, "unreadable-image", lambda r: r.error)
-    for i in idx[need[idx].to_numpy() & ~bad.to_numpy()]:
-        images.loc[i, ["width", "height"]] = sizes[i]
+    given = images.get("size_error", pd.Series("", index=images.index)).fillna("").astype(str)
+    error = sizes[bad].reindex(images.index)
+    if not every:  # the header was read only because the given size was unusable: say so
+        error = pd.Series([_joined(g, e) for g, e in zip(given, error, strict=True)], error.index)
+    errors = images.assign(error=error)
+    _report(errors, error.notna(), problems, "unreadable-image", lambda r: r.error)
+    fill = idx[need[idx].to_numpy() & ~bad.to_numpy()]
+    images.loc[fill, "width"] = [float(sizes[i][0]) for i in fill]
+    images.loc[fill, "height"] = [float(sizes[i][1]) for i in fill]
+    repaired = images.index.isin(fill) & (given != "").to_numpy()
+    _report(
+        images,
+        repaired,
+        problems,
+        "bad-size",
+        lambda r: r.size_error,
+        action=lambda r: f"size read from the image: {r.width:.0f}x{r.height:.0f}",
+    )
     return images.drop(index=idx[bad.to_numpy()])
+
+
+def _joined(size_error: str, error: object) -> object:
+    """The read error, after the reason the size had to be read (when there was one)."""
+    if not isinstance(error, str):
+        return error
+    return f"{size_error}, and {error}" if size_error else error
 
 
 def _size_or_error(path: Path) -> tuple[int, int] | str:
@@ -325,11 +416,12 @@ def _report(
     problems: ProblemLog,
     kind: str,
     message: Callable[[Any], str],
-    action: str = "skipped",
+    action: str | Callable[[Any], str] = "skipped",
 ) -> None:
     """One problem per masked row (images or boxes), named by its file and record."""
     for r in rows[np.asarray(mask, dtype=bool)].itertuples(index=False):
-        problems.add(r.src, message(r), kind=kind, where=_where(r.where), action=action)
+        done = action(r) if callable(action) else action
+        problems.add(r.src, message(r), kind=kind, where=_where(r.where), action=done)
 
 
 def _report_coords(

@@ -84,7 +84,7 @@ def load_dataset(
     elif fmt == "yolo":
         classes, images, boxes = read_yolo(root, problems)
     else:
-        classes, images, boxes = read_csv(path.resolve(), root)
+        classes, images, boxes = read_csv(path.resolve(), root, problems)
     catalog = finalize(root, classes, images, boxes, problems, fmt, check_images=check_images)
     if catalog.num_images == 0:
         detail = f"\n{problems.format(10)}" if len(problems) else ""

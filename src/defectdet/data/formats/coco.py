@@ -183,13 +183,31 @@ def _add_images(
     names = [im["file_name"] for im in good]
     cols["key"] += _namespaced(space, ids)
     cols["file_name"] += [f"{base}/{n}" if base and isinstance(n, str) else n for n in names]
-    cols["width"] += [_num(im.get("width")) for im in good]
-    cols["height"] += [_num(im.get("height")) for im in good]
-    cols["split"] += (
-        [split] * len(good) if split is not None else [str(im.get("split", "")) for im in good]
-    )
+    # As given: ``raw_images`` tells missing sizes from unusable ones (reported, then read).
+    cols["width"] += [im.get("width") for im in good]
+    cols["height"] += [im.get("height") for im in good]
+    cols["split"] += [split] * len(good) if split is not None else _splits(f, good, problems)
     cols["src"] += [str(f)] * len(good)
     cols["where"] += [f"image id {i}" for i in ids]
+
+
+def _splits(f: Path, images: list[dict], problems: ProblemLog) -> list[str]:
+    """Each image's own ``split`` field: a name, or "" when absent or null; anything else is
+    reported and treated as no split."""
+    out = []
+    for im in images:
+        value = im.get("split")
+        if value is not None and not isinstance(value, str):
+            problems.add(
+                f,
+                f"split {str(value)[:40]!r} is not a name",
+                kind="bad-record",
+                where=f"image id {im['id']}",
+                action="no split",
+            )
+            value = None
+        out.append(value or "")
+    return out
 
 
 def _boxes(

@@ -32,7 +32,7 @@ def read_voc(root: Path, problems: ProblemLog):
     if not xmls:
         raise DataError(f"{root}: no VOC XML files found")
     index = _ImageIndex(root)
-    splits = _splits(root)
+    splits = _splits(root, problems)
     records = [r for x in xmls if (r := _parse(x, problems)) is not None]
     classes = sorted({name for rec in records for name, *_ in rec["objects"]})
     class_id = {n: i for i, n in enumerate(classes)}
@@ -40,7 +40,7 @@ def read_voc(root: Path, problems: ProblemLog):
     boxes: dict[str, list] = defaultdict(list)
     for rec in records:
         xml = rec["xml"]
-        rel = index.resolve(xml, rec["filename"])
+        rel, guess = index.resolve(xml, rec["filename"])
         if rel is None:
             problems.add(
                 xml,
@@ -48,6 +48,8 @@ def read_voc(root: Path, problems: ProblemLog):
                 kind="missing-image",
             )
             continue
+        if guess:
+            problems.add(xml, guess, kind="guessed-image", action=f"using {rel!r}")
         _append(
             imgs,
             key=rel,
@@ -107,10 +109,22 @@ def _parse(xml: Path, problems: ProblemLog) -> dict | None:
     return {
         "xml": xml,
         "filename": (ann.findtext("filename") or "").strip(),
-        "width": _float(size.findtext("width")) if size is not None else float("nan"),
-        "height": _float(size.findtext("height")) if size is not None else float("nan"),
+        "width": _size(size.findtext("width")) if size is not None else None,
+        "height": _size(size.findtext("height")) if size is not None else None,
         "objects": objects,
     }
+
+
+def _size(text: str | None) -> float | str | None:
+    """An image size as a number; text that is not one stays text (reported, then read from the
+    image); an empty or missing element is None (not given)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _float(text: str | None) -> float:
@@ -135,21 +149,33 @@ class _ImageIndex:
                     self.by_name[n].append(rel)
                     self.by_stem[PurePosixPath(n).stem].append(rel)
 
-    def resolve(self, xml: Path, filename: str) -> str | None:
+    def resolve(self, xml: Path, filename: str) -> tuple[str | None, str]:
+        """(the image's path relative to the root, or None; "" or why the choice is a guess).
+
+        A guess: several images fit (the one sharing most folders with the XML is taken), or
+        ``filename`` names a file with an extension and only another file of that stem exists.
+        """
         xml_rel = os.path.relpath(xml, self.root).replace(os.sep, "/")
         name = PurePosixPath(filename.replace("\\", "/")).name
         if filename:
             beside = xml.parent / filename
             if beside.is_file():
-                return os.path.relpath(beside, self.root).replace(os.sep, "/")
+                return os.path.relpath(beside, self.root).replace(os.sep, "/"), ""
         for candidates in (
             self.by_name.get(name),
             self.by_stem.get(PurePosixPath(name).stem),
             self.by_stem.get(xml.stem),
         ):
             if candidates:
-                return _closest(candidates, xml_rel)
-        return None
+                rel = _closest(candidates, xml_rel)
+                if len(candidates) > 1:
+                    what = f"filename {filename!r}" if filename else f"the XML's name {xml.stem!r}"
+                    shown = ", ".join(sorted(candidates)[:3])
+                    return rel, f"{len(candidates)} images fit {what} ({shown})"
+                if PurePosixPath(name).suffix and PurePosixPath(rel).name != name:
+                    return rel, f"no image named {name!r}; another file of that stem is taken"
+                return rel, ""
+        return None, ""
 
 
 def _closest(candidates: list[str], xml_rel: str) -> str:
@@ -164,16 +190,21 @@ def _closest(candidates: list[str], xml_rel: str) -> str:
             n += 1
         return n
 
-    return max(candidates, key=shared)
+    return max(sorted(candidates), key=shared)  # sorted: the same choice on every machine
 
 
-def _splits(root: Path) -> dict[str, str]:
+def _splits(root: Path, problems: ProblemLog) -> dict[str, str]:
     """stem → split from ImageSets/Main lists (train/val/test preferred over trainval)."""
     out: dict[str, str] = {}
     for main in root.rglob("ImageSets/Main"):
         for split in ("trainval", "train", "val", "test"):
             f = main / f"{split}.txt"
             if f.is_file():
-                for line in f.read_text(errors="replace").split():
+                try:
+                    text = f.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    problems.add(f, f"cannot read split list ({exc})", kind="bad-file")
+                    continue
+                for line in text.split():
                     out[line.strip()] = split
     return out

@@ -35,9 +35,11 @@ def read_classes(root: Path) -> list[str]:
             return _yaml_names(root / name)
     if (root / "classes.txt").is_file():
         try:
-            text = (root / "classes.txt").read_text(encoding="utf-8", errors="replace")
+            text = (root / "classes.txt").read_text(encoding="utf-8")
         except OSError as exc:
             raise DataError(f"{root / 'classes.txt'}: cannot read ({exc.strerror or exc})") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{root / 'classes.txt'}: not a UTF-8 text file ({exc})") from exc
         names = [line.strip() for line in text.splitlines() if line.strip()]
         return _unique(root / "classes.txt", names)
     raise DataError(f"{root}: YOLO data needs data.yaml (with 'names') or classes.txt")
@@ -98,7 +100,28 @@ def read_yolo(root: Path, problems: ProblemLog):
         )
         if label.is_file():
             _read_label(label, rel, w, h, classes, boxes, problems)
+    _report_orphan_labels(root, {_label_path(rel) for rel in image_paths}, problems)
     return classes, raw_images(dict(imgs)), raw_boxes(dict(boxes))
+
+
+def _report_orphan_labels(root: Path, expected: set[str], problems: ProblemLog) -> None:
+    """Label files with boxes but no image: their boxes cannot be used (as COCO annotations for
+    an unknown image), so each file is reported rather than dropped in silence."""
+    for dirpath, _dirs, names in os.walk(root / "labels"):
+        for n in sorted(names):
+            rel = os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/")
+            if not n.endswith(".txt") or n == "classes.txt" or rel in expected:
+                continue
+            try:
+                has_boxes = bool((root / rel).read_bytes().strip())
+            except OSError:
+                has_boxes = True
+            if has_boxes:
+                problems.add(
+                    root / rel,
+                    "label file without an image (looked for one with the same name under images/)",
+                    kind="unknown-image",
+                )
 
 
 def _image_files(root: Path) -> list[str]:
