@@ -38,21 +38,26 @@ def test_none_sampler_is_a_permutation() -> None:
     assert list(s_plain) == list(range(100))
 
 
-def test_repeat_factor_epoch_length_and_copies() -> None:
+def test_repeat_factor_repeats_each_image_by_its_rarest_class() -> None:
+    """t = 0.3 on make_counts(): class 0 is in 70 of 100 images (r = 1), class 1 in 10
+    (r = sqrt(3)), class 2 in 2 (r = sqrt(15)). Each epoch an image appears floor(r) or ceil(r)
+    times (ceil with probability r - floor(r)), its copies numbered 0, 1, ..."""
     counts = make_counts()
-    cfg = SamplerConfig(sampler="repeat-factor", repeat_threshold=0.3)
-    s = EpochSampler(counts, cfg, seed=0)
-    factors = repeat_factors_per_image(counts, 0.3)
-    lengths = []
+    s = EpochSampler(counts, SamplerConfig(sampler="repeat-factor", repeat_threshold=0.3), seed=0)
+    factor = np.ones(100)
+    factor[60:70], factor[70:72] = math.sqrt(3), math.sqrt(15)
+    seen = np.zeros((200, 100))
     for epoch in range(200):
         s.set_epoch(epoch)
-        assert len(s) == len(list(s))
-        lengths.append(len(s))
-    assert abs(np.mean(lengths) - factors.sum()) < 0.02 * factors.sum()
-    # repeated rows come with distinct copy numbers
-    decoded = [decode_index(i, 100) for i in s]
-    assert len(set(decoded)) == len(decoded)
-    assert sorted(r for r, _ in decoded) == sorted(s.epoch_rows.tolist())
+        decoded = [decode_index(i, 100) for i in s]
+        seen[epoch] = np.bincount([row for row, _ in decoded], minlength=100)
+        assert np.all((seen[epoch] == np.floor(factor)) | (seen[epoch] == np.ceil(factor)))
+        copies = [(row, c) for row in range(100) for c in range(int(seen[epoch, row]))]
+        assert sorted(decoded) == copies
+    assert seen[:, 60:70].mean() == pytest.approx(math.sqrt(3), abs=0.05)
+    assert seen[:, 70:72].mean() == pytest.approx(math.sqrt(15), abs=0.1)
+    expected_length = 60 + 10 * math.sqrt(3) + 2 * math.sqrt(15) + 28
+    assert seen.sum(1).mean() == pytest.approx(expected_length, rel=0.01)
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.25, 0.5, 0.0])
@@ -139,7 +144,7 @@ def test_determinism_and_state_dict() -> None:
     assert list(a) != list(b)
     c = EpochSampler(make_counts(), cfg, seed=99)
     c.load_state_dict(a.state_dict())
-    assert c.state_dict() == {"epoch": 3, "seed": 11}
+    assert c.state_dict() == {"epoch": 3, "seed": 11, "hardness": None}
     assert list(c) == list(a)
 
 
@@ -147,11 +152,15 @@ def test_stats_show_rare_share_rising() -> None:
     counts = make_counts()
     s = EpochSampler(counts, SamplerConfig(sampler="repeat-factor", repeat_threshold=0.3), seed=0)
     st = s.stats()
-    assert st["instances_before"] == counts.sum(0).tolist()
-    assert st["share_after"][2] > st["share_before"][2]
-    assert st["share_after"][0] < st["share_before"][0]
+    assert st["instances_before"] == [2 * 60 + 10, 10, 2]
+    # What the loader gets this epoch, counted from the indices it draws:
+    rows = [decode_index(i, 100)[0] for i in s]
+    after = counts[rows].sum(0)
+    assert st["images_after"] == len(rows) and st["instances_after"] == after.tolist()
+    assert st["share_after"] == pytest.approx((after / after.sum()).tolist())
+    assert st["share_after"][2] > st["share_before"][2] == pytest.approx(2 / 142)
+    assert st["share_after"][0] < st["share_before"][0] == pytest.approx(130 / 142)
     assert st["background_before"] == st["background_after"] == 28
-    assert st["images_after"] == len(s)
 
 
 def test_bad_arguments() -> None:

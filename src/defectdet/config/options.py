@@ -247,6 +247,33 @@ class SamplerConfig:
         low_open=True,
         panel=_S,
     )
+    hard_negatives: bool = opt(
+        False,
+        "Hard-negative mining: score the defect-free training images with the current model and "
+        "draw those it flags more often.",
+        panel=_S,
+    )
+    hard_fraction: float = opt(
+        0.5,
+        "With --hard-negatives: share of defect-free draws weighted by score (the rest uniform, "
+        "so every image is still seen).",
+        low=0,
+        high=1,
+        panel=_S,
+    )
+    mine_interval: int = opt(
+        1,
+        "With --hard-negatives: mine at least every N epochs (and at each validation).",
+        low=1,
+        panel=_S,
+    )
+    mine_max: int = opt(
+        0,
+        "With --hard-negatives: score at most N defect-free images per mining, a rotating random "
+        "subset (0 = all).",
+        low=0,
+        panel=_S,
+    )
 
 
 @dataclass

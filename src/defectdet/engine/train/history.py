@@ -19,6 +19,7 @@ _LINE = (
     "mean_class_ap50",
     "defect_recall",
     "false_alarm_rate",
+    "mined_false_alarm_rate",
 )
 
 
