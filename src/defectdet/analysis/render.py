@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -118,6 +119,8 @@ def summary_panel(report: dict) -> Panel:
         "without defects",
         f"{report['num_background_images']} ({_pct(report['background_share'])})",
     )
+    for folder, n in report.get("negatives", {}).items():
+        grid.add_row("  from --negatives", f"{n} in {escape(folder)}")
     grid.add_row("annotations", str(report["num_annotations"]))
     grid.add_row(
         "imbalance ratio",

@@ -89,6 +89,7 @@ def build_report(
 
     report = {
         "root": str(catalog.root),
+        "negatives": {folder: len(ids) for folder, ids in catalog.negatives.items()},
         "format": catalog.format,
         "num_images": n_img,
         "num_background_images": totals["num_background_images"],

@@ -114,10 +114,24 @@ StrictOpt = Annotated[
 ]
 
 
-def _load(data: Path, fmt: str, strict: bool, check_images: bool = True):
+NegativesOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--negatives",
+        help="A folder of good parts (every image under it is defect-free, no annotations "
+        "needed); repeat for several.",
+    ),
+]
+
+
+def _load(
+    data: Path, fmt: str, strict: bool, check_images: bool = True, negatives: list | None = None
+):
     from defectdet.data.formats import load_dataset
 
-    catalog = load_dataset(data, fmt=fmt, strict=strict, check_images=check_images)
+    catalog = load_dataset(
+        data, fmt=fmt, strict=strict, check_images=check_images, negatives=negatives or ()
+    )
     print_problems(catalog.problems)
     return catalog
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from defectdet.cli.app import FormatOpt, StrictOpt, _load, app, handle_errors
+from defectdet.cli.app import FormatOpt, NegativesOpt, StrictOpt, _load, app, handle_errors
 from defectdet.config.values import parse_number_map
 from defectdet.console import err, out
 from defectdet.errors import ConfigError
@@ -39,6 +39,7 @@ def analyze(
         bool,
         typer.Option(help="Check that image files exist (off: analyse annotations alone)."),
     ] = True,
+    negatives: NegativesOpt = None,
 ) -> None:
     """Class-distribution report of a dataset, and what to do about its imbalance.
 
@@ -50,7 +51,7 @@ def analyze(
     from defectdet.analysis import build_report, plot_report, render_report
     from defectdet.io import write_json
 
-    catalog = _load(data, fmt, strict, check_images)
+    catalog = _load(data, fmt, strict, check_images, negatives)
     report = build_report(catalog, repeat_threshold=repeat_threshold, beta=beta)
     if json_path is not None and str(json_path) == "-":
         print(json.dumps(report, indent=2, default=str))

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from defectdet.cli.app import FormatOpt, StrictOpt, _load, app, handle_errors
+from defectdet.cli.app import FormatOpt, NegativesOpt, StrictOpt, _load, app, handle_errors
 from defectdet.cli.options import given, schema_options
 from defectdet.config import CalibrateRunConfig, PredictConfig
 from defectdet.console import err, out
@@ -137,6 +137,7 @@ def evaluate(
     ] = None,
     fmt: FormatOpt = "auto",
     strict: StrictOpt = False,
+    negatives: NegativesOpt = None,
     plots: Annotated[
         Path | None,
         typer.Option(help="Folder for pr_curves.png and confusion_matrix.png."),
@@ -164,7 +165,7 @@ def evaluate(
     from defectdet.io import write_json
 
     cfg = _predict_config(options)  # checked before the data is read
-    catalog = _load(data, fmt, strict)
+    catalog = _load(data, fmt, strict, negatives=negatives)
     if gallery is not None:
         check_gallery_folder(gallery, gallery_size)
     report = evaluate_checkpoint(catalog, weights, cfg, split, str(data), gallery, gallery_size)

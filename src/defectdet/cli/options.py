@@ -83,5 +83,10 @@ def schema_options(
 
 
 def given(values: dict[str, Any]) -> dict[str, Any]:
-    """The options the user actually gave."""
-    return {k: v for k, v in values.items() if v is not None}
+    """The options the user actually gave (Typer gives an empty list for an absent repeatable
+    option)."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in values.items()
+        if v not in (None, [], ())
+    }

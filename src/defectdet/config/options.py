@@ -137,6 +137,12 @@ class DataConfig:
         high_open=True,
         panel=_D,
     )
+    negatives: list[str] = opt(  # noqa: RUF009 (opt returns a field with a factory)
+        [],
+        "A folder of good parts (every image under it is defect-free, no annotations needed); "
+        "repeat for several.",
+        panel=_D,
+    )
     train_split: str = opt("", "Training split name ('' = train or trainval).", panel=_D)
     val_split: str = opt("", "Validation split name ('' = val, valid or test).", panel=_D)
 

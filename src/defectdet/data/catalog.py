@@ -36,6 +36,7 @@ class Catalog:
     boxes: pd.DataFrame
     format: str = ""
     problems: ProblemLog = field(default_factory=ProblemLog)
+    negatives: dict[str, list[int]] = field(default_factory=dict)  # --negatives folder -> ids
 
     # ----------------------------------------------------------------- basic facts
     @property
@@ -87,7 +88,15 @@ class Catalog:
         ids = pd.Index(image_ids)
         images = self.images[self.images["image_id"].isin(ids)].reset_index(drop=True)
         boxes = self.boxes[self.boxes["image_id"].isin(ids)].reset_index(drop=True)
-        return Catalog(self.root, list(self.classes), images, boxes, self.format, self.problems)
+        kept = set(images["image_id"].tolist())
+        negatives = {f: [i for i in v if i in kept] for f, v in self.negatives.items()}
+        return Catalog(
+            self.root, list(self.classes), images, boxes, self.format, self.problems, negatives
+        )
+
+    def negative_ids(self) -> list[int]:
+        """Ids of the images that came from ``--negatives`` folders."""
+        return [i for ids in self.negatives.values() for i in ids]
 
     def split_subset(self, *names: str) -> Catalog:
         ids = self.images.loc[self.images["split"].isin(names), "image_id"]

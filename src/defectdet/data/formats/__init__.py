@@ -9,6 +9,7 @@ from defectdet.data.formats.coco import find_coco_files, read_coco
 from defectdet.data.formats.csv_format import find_csv_files, read_csv
 from defectdet.data.formats.voc import read_voc
 from defectdet.data.formats.yolo import is_yolo, read_yolo
+from defectdet.data.negatives import add_negatives
 from defectdet.data.problems import ProblemLog
 from defectdet.data.validate import finalize
 from defectdet.errors import DataError
@@ -61,8 +62,10 @@ def load_dataset(
     fmt: str = "auto",
     strict: bool = False,
     check_images: bool = True,
+    negatives: list[str | Path] | tuple = (),
 ) -> Catalog:
-    """Read, validate and return the dataset at ``path``.
+    """Read, validate and return the dataset at ``path``, with the good parts of each
+    ``negatives`` folder added (:mod:`defectdet.data.negatives`).
 
     Bad records are skipped and listed in ``catalog.problems``; under ``strict`` any problem is
     a :class:`DataError`. ``check_images=False`` trusts the annotations' image sizes and does not
@@ -86,6 +89,8 @@ def load_dataset(
     else:
         classes, images, boxes = read_csv(path.resolve(), root, problems)
     catalog = finalize(root, classes, images, boxes, problems, fmt, check_images=check_images)
+    if negatives:
+        catalog = add_negatives(catalog, list(negatives))
     if catalog.num_images == 0:
         detail = f"\n{problems.format(10)}" if len(problems) else ""
         raise DataError(f"{path}: no usable images in this dataset{detail}")

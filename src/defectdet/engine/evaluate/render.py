@@ -38,6 +38,11 @@ def render_evaluation(report: dict, console: Console) -> None:
     summary.add_row(_f(m["map"]), _f(m["map50"]), _f(m["mean_class_ap50"]))
     console.print(summary)
     _image_level(m["image_level"], console)
+    for folder, n in report.get("negatives", {}).items():
+        rate = _f(n["false_alarm_rate"], True)
+        console.print(
+            f"good parts in {escape(folder)}: {n['flagged']} of {n['images']} flagged ({rate})"
+        )
     console.print(_confusion_table(m))
 
 

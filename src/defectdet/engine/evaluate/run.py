@@ -72,15 +72,16 @@ def evaluate_checkpoint(
     rt = cfg.runtime
     device = resolve_device(rt.device)
     part, split = choose_split(catalog, split)
+    part = catalog.subset([*part.images["image_id"], *catalog.negative_ids()])  # good parts too
     detector = load_detector(weights, rt.backend, device, rt.half)
     mapping = class_mapping(detector.class_names, part.classes)
     t0 = time.perf_counter()
     metrics, dets = score_catalog(
         detector, part, cfg.infer, rt.batch_size, rt.workers, cfg.tiles, label_map=mapping
     )
+    thresholds = np.array([c.threshold for c in metrics.classes])
     sheets = []
     if gallery is not None:
-        thresholds = np.array([c.threshold for c in metrics.classes])
         items = evaluation_items(part, dets, thresholds, gallery_size)
         sheets = [str(p) for p in write_gallery(items, gallery)]
     return {
@@ -98,4 +99,19 @@ def evaluate_checkpoint(
         "metrics": metrics.to_dict(),
         "pr_curves": metrics.pr_curves,
         "gallery": sheets,
+        "negatives": negatives_report(part, dets, thresholds),
     }
+
+
+def negatives_report(part: Catalog, dets: list, thresholds: np.ndarray) -> dict[str, dict]:
+    """Per ``--negatives`` folder: its images and the share flagged (false-alarm rate)."""
+    flagged = {d.image_id for d in dets if d.passed(thresholds).any()}
+    out = {}
+    for folder, ids in part.negatives.items():
+        hits = sum(i in flagged for i in ids)
+        out[folder] = {
+            "images": len(ids),
+            "flagged": hits,
+            "false_alarm_rate": hits / len(ids) if ids else None,
+        }
+    return out

@@ -36,17 +36,32 @@ class RunData:
 
 def load_run_data(cfg: TrainConfig) -> RunData:
     """Load the dataset and choose train/val (the data's own splits, else a stratified one)."""
-    catalog = load_dataset(cfg.data.path, cfg.data.format, cfg.data.strict)
+    catalog = load_dataset(
+        cfg.data.path, cfg.data.format, cfg.data.strict, negatives=cfg.data.negatives
+    )
     train_name, val_name = _choose_splits(catalog, cfg)
-    if train_name and val_name:
-        train, val = catalog.split_subset(train_name), catalog.split_subset(val_name)
+    negatives = catalog.negative_ids()
+    if train_name and val_name:  # good parts from --negatives are split like the data
+        neg_train, neg_val = _split_ids(catalog.subset(negatives), cfg)
+        train_ids = [*catalog.split_subset(train_name).images["image_id"], *neg_train]
+        val_ids = [*catalog.split_subset(val_name).images["image_id"], *neg_val]
     else:
         pool = catalog.split_subset(train_name) if train_name else catalog
+        pool = catalog.subset([*pool.images["image_id"], *negatives])
         train_ids, val_ids = stratified_split(pool, cfg.data.val_fraction, cfg.run.seed)
-        train, val = catalog.subset(train_ids), catalog.subset(val_ids)
+    train, val = catalog.subset(train_ids), catalog.subset(val_ids)
     if train.num_images == 0:
         raise DataError("the training split has no images")
     return RunData(catalog, train, val)
+
+
+def _split_ids(part: Catalog, cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """Train and val ids of ``part`` (all to train when it has fewer than two images)."""
+    ids = part.images["image_id"].tolist()
+    if len(ids) < 2:
+        return ids, []
+    train_ids, val_ids = stratified_split(part, cfg.data.val_fraction, cfg.run.seed)
+    return list(train_ids), list(val_ids)
 
 
 def _choose_splits(catalog: Catalog, cfg: TrainConfig) -> tuple[str, str]:
