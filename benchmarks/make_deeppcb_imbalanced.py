@@ -15,6 +15,7 @@ Train draws ``--images`` test images from trainval; val is all 500 test images (
 classes have enough instances to measure).
 
 Run: .venv/bin/python benchmarks/make_deeppcb_imbalanced.py OUT [--size 256] [--images 300]
+[--negatives-folder]
 (the defaults are what docs/imbalance-study.md used).
 """
 
@@ -41,13 +42,21 @@ KEEP = {
 MARGIN = 3  # px around an erased box, in the original 640 px image
 
 
-def build(out: Path, size: int, n_images: int, seed: int, keep: dict[str, float]) -> dict:
+def build(
+    out: Path,
+    size: int,
+    n_images: int,
+    seed: int,
+    keep: dict[str, float],
+    negatives_folder: bool = False,
+) -> dict:
     rng = np.random.default_rng(seed)
     docs = {}
     for split, src in (("train", "coco_trainval.json"), ("val", "coco_test.json")):
         doc = json.loads((SHARED / src).read_text())
         count = n_images if split == "train" else len(doc["images"])
-        docs[split] = _convert(doc, out, split, size, count, rng, keep)
+        folder = negatives_folder and split == "train"
+        docs[split] = _convert(doc, out, split, size, count, rng, keep, folder)
     return {split: _summary(doc) for split, doc in docs.items()}
 
 
@@ -59,6 +68,7 @@ def _convert(
     count: int,
     rng: np.random.Generator,
     keep: dict[str, float],
+    templates_apart: bool = False,
 ) -> dict:
     names = {c["id"]: c["name"] for c in doc["categories"]}
     by_image: dict[int, list] = {}
@@ -80,10 +90,15 @@ def _convert(
         scale = size / max(test.shape[:2])
         for kind, img, boxes in (("test", test, kept), ("temp", temp, [])):
             name = f"images/{split}/{Path(im['file_name']).stem.replace('_test', '')}_{kind}.jpg"
+            if kind == "temp" and templates_apart:  # a folder of good parts, for --negatives
+                name = f"good-parts/{Path(name).name}"
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(
                 str(out / name),
                 cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA),
             )
+            if kind == "temp" and templates_apart:
+                continue
             images.append(
                 {
                     "id": len(images) + 1,
@@ -141,10 +156,17 @@ def main() -> None:
         "(val: all 500 test images); each brings its template as a background image",
     )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--negatives-folder",
+        action="store_true",
+        help="write the train templates to OUT/good-parts/ instead of train.json (train with "
+        "--negatives OUT/good-parts); val keeps its templates",
+    )
     args = ap.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"DeepPCB not found at {SHARED}")
-    print(json.dumps(build(args.out, args.size, args.images, args.seed, KEEP), indent=2))
+    summary = build(args.out, args.size, args.images, args.seed, KEEP, args.negatives_folder)
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -89,9 +89,7 @@ def load_dataset(
     else:
         classes, images, boxes = read_csv(path.resolve(), root, problems)
     catalog = finalize(root, classes, images, boxes, problems, fmt, check_images=check_images)
-    if negatives:
-        catalog = add_negatives(catalog, list(negatives))
-    if catalog.num_images == 0:
+    if catalog.num_images == 0:  # good parts alone are not a dataset
         detail = f"\n{problems.format(10)}" if len(problems) else ""
         raise DataError(f"{path}: no usable images in this dataset{detail}")
-    return catalog
+    return add_negatives(catalog, list(negatives)) if negatives else catalog
