@@ -77,7 +77,13 @@ def _size_panel(ax, report: dict) -> None:
 
 
 def plot_report(report: dict, path: str | Path) -> None:
-    """Write a PNG with the two panels to ``path``, atomically (temp file, then rename).
+    """Write :func:`report_figure` as a PNG to ``path``, atomically (temp file, then rename)."""
+    with atomic_open(path, "wb") as fh:
+        report_figure(report).savefig(fh, format="png", dpi=100)
+
+
+def report_figure(report: dict):
+    """Instances per class and box sizes, two panels.
 
     Uses a bare :class:`~matplotlib.figure.Figure`, which renders with the Agg canvas without
     touching pyplot or the global backend: safe headless, in threads, and inside notebooks.
@@ -92,5 +98,4 @@ def plot_report(report: dict, path: str | Path) -> None:
         f"{report['num_images']} images, {report['num_annotations']} boxes, "
         f"{report['num_background_images']} without defects"
     )
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
+    return fig

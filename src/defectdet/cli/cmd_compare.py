@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from defectdet.cli.app import app, handle_errors
 from defectdet.cli.options import given, schema_options
 from defectdet.config import TrainConfig
+from defectdet.console import out
 from defectdet.errors import ConfigError
 
 _STUDY = "Study"
@@ -77,6 +79,7 @@ def compare(
     """
     from defectdet.config import apply, load_config
     from defectdet.engine.compare.run import TablePoints, load_grid, parse_variant, run_compare
+    from defectdet.engine.report.render import write_report
 
     if not 0 < far < 1:
         raise ConfigError(f"--far must be between 0 and 1, got {far:g}")
@@ -92,4 +95,6 @@ def compare(
         raise ConfigError(f"unexpected arguments {' '.join(ctx.args)} (variants go after --runs)")
     variants += [parse_variant(t) for t in texts]
     cfg = apply(cfg, {"path": str(data), **given(options)})
-    run_compare(cfg, variants, Path(project) / name, TablePoints(far, at_recall))
+    study = Path(project) / name
+    run_compare(cfg, variants, study, TablePoints(far, at_recall))
+    out.print(f"report: {escape(str(write_report(study, exist_ok=True)))}")

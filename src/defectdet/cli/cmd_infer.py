@@ -162,6 +162,7 @@ def evaluate(
     from defectdet.engine.evaluate.render import plot_evaluation, render_evaluation
     from defectdet.engine.evaluate.run import evaluate_checkpoint
     from defectdet.engine.gallery import check_gallery_folder
+    from defectdet.engine.report.render import write_report
     from defectdet.io import write_json
 
     cfg = _predict_config(options)  # checked before the data is read
@@ -179,7 +180,9 @@ def evaluate(
         err.print(f"report written to {escape(str(json_path))}")
     if plots is not None:
         paths = plot_evaluation(report, plots)
-        err.print(f"plots written to {', '.join(escape(str(p)) for p in paths)}")
+        write_json(plots / "evaluation.json", report)
+        html = write_report(plots, exist_ok=True)  # the folder's own summary, kept current
+        err.print(f"plots written to {', '.join(escape(str(p)) for p in paths)}; report {html}")
     if report["gallery"]:
         err.print(f"gallery: {len(report['gallery'])} contact sheets in {escape(str(gallery))}")
 
@@ -288,4 +291,33 @@ def calibrate(
         print(json.dumps({"checkpoint": str(written), **op.to_dict()}, indent=2))
         return
     render_operating_point(op, out)
+    out.print(f"wrote {escape(str(written))}")
+
+
+# ---------------------------------------------------------------------------- report
+@app.command()
+@handle_errors
+def report(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A train run folder, an evaluate --plots folder or a compare study folder."
+        ),
+    ],
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Replace an existing report.html.")
+    ] = False,
+) -> None:
+    """Write one self-contained HTML report (PATH/report.html) to share with anyone.
+
+    Configuration and data, training curves, the per-class table at the operating point with
+    intervals, PR curves, confusion matrix, image-level ROC, galleries, or a compare study's
+    tables: one file, figures embedded, nothing fetched, readable offline, on a phone and in
+    print. train, evaluate --plots and compare write it automatically.
+
+    [dim]Example: defectdet report runs/train/exp[/dim]
+    """
+    from defectdet.engine.report.render import write_report
+
+    written = write_report(path, exist_ok=exist_ok)
     out.print(f"wrote {escape(str(written))}")

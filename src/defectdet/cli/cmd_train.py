@@ -61,10 +61,21 @@ def train(
                     "--resume continues a run with its own saved options; drop "
                     + ", ".join(f"--{k.replace('_', '-')}" for k in chosen or ["DATA/--config"])
                 )
-            run_training(resume=resume)
+            _report(run_training(resume=resume))
             return
         cfg = apply(load_config(config), {"path": str(data) if data else None, **chosen})
-        run_training(validate(cfg))
+        _report(run_training(validate(cfg)))
     except Interrupted as exc:
         err.print(f"[yellow]interrupted:[/] {escape(str(exc))}")
         raise typer.Exit(130) from None
+
+
+def _report(run_dir: Path) -> None:
+    """The run's report.html (rank 0 only under torchrun), kept current on every finish."""
+    import os
+
+    from defectdet.console import out
+    from defectdet.engine.report.render import write_report
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.print(f"report: {escape(str(write_report(run_dir, exist_ok=True)))}")

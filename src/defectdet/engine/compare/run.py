@@ -315,6 +315,12 @@ def to_markdown(
 
 
 def _plot(table: pd.DataFrame, path: Path, points: TablePoints) -> None:
+    with atomic_open(path, "wb") as fh:
+        compare_figure(table, points).savefig(fh, format="png")
+
+
+def compare_figure(table: pd.DataFrame, points: TablePoints):
+    """The variants' main scores side by side (bars)."""
     from matplotlib.figure import Figure
 
     metrics = ["map50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "far_at_recall"]
@@ -329,5 +335,4 @@ def _plot(table: pd.DataFrame, path: Path, points: TablePoints) -> None:
     ax.set(ylim=(0, 1), ylabel="score", title="imbalance remedies compared")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_open(path, "wb") as fh:
-        fig.savefig(fh, format="png")
+    return fig

@@ -82,6 +82,7 @@ class MetricsResult:
         out["threshold_curves"] = self.threshold_curves
         out["threshold_source"] = self.threshold_source
         out["image_roc"] = self.image_roc()
+        out["pr_curves"] = self.pr_curves
         return out
 
     def image_roc(self) -> dict[str, list[float]] | None:

@@ -157,30 +157,34 @@ def _confusion_table(m: dict) -> Table:
 
 # ---------------------------------------------------------------------------- plots
 def plot_evaluation(report: dict, folder: Path) -> list[Path]:
-    """``pr_curves.png``, ``confusion_matrix.png``, ``thresholds.png`` (per-class recall and
-    precision against the threshold, operating point marked) and ``roc.png`` (image level,
-    operating point marked) in ``folder`` (atomic writes)."""
+    """:func:`evaluation_figures` as PNGs in ``folder`` (atomic writes)."""
+    ensure_dir(folder)
+    paths = []
+    for name, fig in evaluation_figures(report).items():
+        path = folder / f"{name}.png"
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+        paths.append(path)
+    return paths
+
+
+def evaluation_figures(report: dict) -> dict:
+    """``pr_curves``, ``confusion_matrix``, ``thresholds`` (per-class recall and precision
+    against the threshold, operating point marked) and ``roc`` (image level, operating point
+    marked), as matplotlib figures."""
     from matplotlib.figure import Figure
 
-    ensure_dir(folder)
     pr = Figure(figsize=(7, 5.5), layout="constrained")
     _pr_axes(pr.subplots(), report)
     cm = Figure(figsize=(2.5 + 0.7 * len(report["classes"]),) * 2, layout="constrained")
     _cm_axes(cm.subplots(), report["metrics"])
     classes = report["metrics"]["classes"]
-    th = Figure(
-        figsize=(4 * min(len(classes), 4), 3.4 * -(-len(classes) // 4)), layout="constrained"
-    )
-    _threshold_axes(th.subplots(-(-len(classes) // 4), min(len(classes), 4), squeeze=False), report)
+    rows, cols = -(-len(classes) // 4), min(len(classes), 4)
+    th = Figure(figsize=(4 * cols, 3.4 * rows), layout="constrained")
+    _threshold_axes(th.subplots(rows, cols, squeeze=False), report)
     roc = Figure(figsize=(5, 5), layout="constrained")
     _roc_axes(roc.subplots(), report["metrics"])
-    figures = (pr, cm, th, roc)
-    names = ("pr_curves.png", "confusion_matrix.png", "thresholds.png", "roc.png")
-    paths = [folder / n for n in names]
-    for fig, path in zip(figures, paths, strict=True):
-        with atomic_open(path, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-    return paths
+    return {"pr_curves": pr, "confusion_matrix": cm, "thresholds": th, "roc": roc}
 
 
 def _pr_axes(ax, report: dict) -> None:

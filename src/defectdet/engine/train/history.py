@@ -54,25 +54,40 @@ class History:
         """Loss and validation curves (per-class AP50 beside the mean) as training.png."""
         if not self.rows:
             return
-        from matplotlib.figure import Figure
-
-        df = self.frame()
-        fig = Figure(figsize=(11, 4), dpi=100)
-        ax1, ax2 = fig.subplots(1, 2)
-        for k in ("train_loss", "train_cls", "train_box"):
-            if k in df:
-                ax1.plot(df["epoch"], df[k], marker="o", label=k.removeprefix("train_"))
-        ax1.set(xlabel="epoch", ylabel="loss", title="training loss")
-        ax1.legend()
-        for k in ("map50", "mean_class_ap50", *[f"ap50_{c}" for c in self.class_names]):
-            if k in df and df[k].notna().any():
-                style = "-" if not k.startswith("ap50_") else ":"
-                ax2.plot(df["epoch"], df[k], style, marker=".", label=k)
-        ax2.set(xlabel="epoch", ylabel="AP", title="validation", ylim=(0, 1))
-        ax2.legend(fontsize=7)
-        fig.tight_layout()
         with atomic_open(self.run_dir / "training.png", "wb") as fh:
-            fig.savefig(fh, format="png")
+            history_figure(self.frame(), self.class_names).savefig(fh, format="png")
+
+
+def history_figure(df: pd.DataFrame, class_names: list[str]):
+    """Training losses and learning rate; validation mAP50, mean per-class AP50, AP50 per class
+    and, when mining, the mined false-alarm rate; one column per epoch of ``metrics.csv``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4), dpi=100)
+    ax1, ax2 = fig.subplots(1, 2)
+    for k in ("train_loss", "train_cls", "train_box"):
+        if k in df:
+            ax1.plot(df["epoch"], df[k], marker="o", label=k.removeprefix("train_"))
+    ax1.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax1.legend(loc="upper left")
+    if "lr" in df:
+        lr = ax1.twinx()
+        lr.plot(df["epoch"], df["lr"], color="0.6", linewidth=1)
+        lr.set_ylabel("learning rate", color="0.4")
+    keys = (
+        "map50",
+        "mean_class_ap50",
+        "mined_false_alarm_rate",
+        *[f"ap50_{c}" for c in class_names],
+    )
+    for k in keys:
+        if k in df and df[k].notna().any():
+            style = ":" if k.startswith("ap50_") else "--" if k.startswith("mined") else "-"
+            ax2.plot(df["epoch"], df[k], style, marker=".", label=k)
+    ax2.set(xlabel="epoch", ylabel="AP / rate", title="validation", ylim=(0, 1))
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _worst_class(row: dict, class_names: list[str]) -> tuple[str, float] | None:

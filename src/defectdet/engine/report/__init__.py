@@ -1,0 +1,1 @@
+"""``defectdet report``: one self-contained HTML file per run, evaluation or study."""
