@@ -16,7 +16,6 @@ import pytest
 from rich.console import Console
 
 from defectdet.analysis import (
-    advice,
     build_report,
     choose_repeat_threshold,
     class_weights,
@@ -212,12 +211,23 @@ def test_no_splits_and_empty_catalogue() -> None:
     json.dumps(rep, allow_nan=False)
 
 
+def lvis_factor(images_with_class: int, num_images: int, t: float) -> float:
+    """r(c) = max(1, sqrt(t / f(c))), f(c) the share of images holding c; 1 for an absent c."""
+    f = images_with_class / num_images
+    return max(1.0, math.sqrt(t / f)) if f > 0 else 1.0
+
+
+#: The images holding each class of BOXES, counted here.
+IMAGES_OF = {c: {b[0] for b in BOXES if b[1] == c} for c in range(len(CLASSES))}
+
+
 def test_report_uses_given_repeat_threshold(catalog: Catalog) -> None:
     rep = build_report(catalog, repeat_threshold=0.5)
-    freq = np.array([c["image_share"] for c in rep["classes"]])
     assert rep["repeat_threshold"] == 0.5
     got = [c["repeat_factor"] for c in rep["classes"]]
-    assert got == pytest.approx(repeat_factors(freq, 0.5).tolist())
+    # 5, 3, 1 and 0 of 20 images: sqrt(0.5 / 0.25), sqrt(0.5 / 0.15), sqrt(0.5 / 0.05), 1
+    assert got == pytest.approx([math.sqrt(2), math.sqrt(10 / 3), math.sqrt(10), 1.0])
+    assert got == pytest.approx([lvis_factor(len(IMAGES_OF[c]), 20, 0.5) for c in IMAGES_OF])
 
 
 # ---------------------------------------------------------------------------- remedies
@@ -238,11 +248,14 @@ def test_report_repeat_factors_are_what_the_sampler_uses(catalog: Catalog) -> No
     assert repeat_factors is shared.repeat_factors
     assert repeat_factors_per_image is shared.repeat_factors_per_image
     rep = build_report(catalog)
-    per_class = np.array([c["repeat_factor"] for c in rep["classes"]])
-    present = catalog.image_class_counts() > 0
-    expected = np.where(present, per_class[None, :], 1.0).max(axis=1)
-    got = repeat_factors_per_image(catalog.image_class_counts(), rep["repeat_threshold"])
-    np.testing.assert_array_equal(got, expected)
+    t = rep["repeat_threshold"]
+    per_class = [lvis_factor(len(IMAGES_OF[c]), 20, t) for c in IMAGES_OF]
+    assert [c["repeat_factor"] for c in rep["classes"]] == pytest.approx(per_class)
+    # An image is repeated by the largest factor of its classes; defect-free images once.
+    ids = catalog.images["image_id"].tolist()
+    expected = [max([1.0] + [per_class[c] for c in IMAGES_OF if i in IMAGES_OF[c]]) for i in ids]
+    got = repeat_factors_per_image(catalog.image_class_counts(), t)
+    np.testing.assert_allclose(got, expected)
     assert got.max() > 1  # the rare classes are repeated
 
 
@@ -281,15 +294,20 @@ def test_inverse_weights() -> None:
     assert sqrt == pytest.approx([2 / 3, 4 / 3, 0.0])
 
 
+def mean_one(raw: list[float]) -> list[float]:
+    return [3 * r / sum(raw) for r in raw]
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
         ("none", [1, 1, 1]),
         ("", [1, 1, 1]),
-        ("inverse", inverse_weights(np.array([100, 10, 1]))),
-        ("sqrt-inverse", inverse_weights(np.array([100, 10, 1]), 0.5)),
-        ("effective", effective_number_weights(np.array([100, 10, 1]))),
-        ("effective:0.9", effective_number_weights(np.array([100, 10, 1]), 0.9)),
+        # Computed here from the counts 100, 10, 1, scaled to mean 1 over the classes.
+        ("inverse", mean_one([1 / 100, 1 / 10, 1])),
+        ("sqrt-inverse", mean_one([100**-0.5, 10**-0.5, 1])),
+        ("effective", mean_one([(1 - 0.999) / (1 - 0.999**n) for n in (100, 10, 1)])),
+        ("effective:0.9", mean_one([(1 - 0.9) / (1 - 0.9**n) for n in (100, 10, 1)])),
         ("dent=3, inclusion=0.5", [1, 3, 0.5]),
         ("scratch=0", [0, 1, 1]),
     ],
@@ -322,7 +340,6 @@ def test_class_weights_spec_errors(spec: str, message: str) -> None:
 # ---------------------------------------------------------------------------- advice
 def test_advice_names_rare_class_and_remedies(report: dict) -> None:
     text = "\n".join(report["advice"])
-    assert report["advice"] == advice(report)
     assert "'inclusion' has 1 instance in 1 image:" in text and "50+" in text
     assert "'dent' has 3 instances in 3 images" in text
     assert "No annotations of 'stain'" in text

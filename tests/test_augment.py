@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import albumentations as A
@@ -113,6 +114,70 @@ def test_minority_pipeline_is_stronger() -> None:
 def test_find_rare_classes() -> None:
     assert find_rare_classes([100, 30, 5, 0]) == [2]  # share < 1/8, and at least one box
     assert find_rare_classes([0, 0]) == []
+
+
+class Recording:
+    """A pipeline that records which image it got (each image's grey level is its id)."""
+
+    def __init__(self, inner: A.Compose) -> None:
+        self.inner, self.seen = inner, []
+
+    def set_random_seed(self, seed: int) -> None:
+        self.inner.set_random_seed(seed)
+
+    def __call__(self, **data):
+        self.seen.append(int(data["image"][0, 0, 0]) // 10)
+        return self.inner(**data)
+
+
+def minority_data(root: Path) -> Path:
+    """train.json: images 1-10 hold a scratch, 11 a scratch and a crack, 12 a crack, 13-14
+    nothing, so crack (2 of 13 boxes) is rare; val.json: one image. Image k is grey 10 k."""
+    from conftest import coco_doc, write_image
+
+    names = {k: f"images/{k}.png" for k in range(1, 16)}
+    for k, name in names.items():
+        write_image(root / name, 64, 64, value=10 * k)
+    boxes = [(k, 1, (4, 4, 20, 20)) for k in range(1, 12)]
+    boxes += [(k, 2, (30, 30, 12, 12)) for k in (11, 12)]
+    docs = {
+        "train": coco_doc([(k, names[k], 64, 64) for k in range(1, 15)], boxes),
+        "val": coco_doc([(15, names[15], 64, 64)], [(15, 1, (4, 4, 20, 20))]),
+    }
+    for split, doc in docs.items():
+        (root / f"{split}.json").write_text(json.dumps(doc))
+    return root
+
+
+@pytest.mark.parametrize("augment_minority", [True, False])
+def test_augment_minority_only_for_images_with_a_rare_class(
+    augment_minority: bool, tmp_path: Path, monkeypatch
+) -> None:
+    """Training's loader (as the trainer builds it) sends exactly the images holding the rare
+    class through the minority pipeline, and only with --augment-minority."""
+    from defectdet.engine.train import loop
+    from defectdet.engine.train.distributed import DistInfo
+    from test_train import tiny_config
+
+    pipelines = {}
+
+    def recorder(kind: str):
+        def build(*args, **kwargs):
+            pipelines[kind] = Recording(build_transforms(AugmentConfig("none"), SIZE, False))
+            return pipelines[kind]
+
+        return build
+
+    monkeypatch.setattr(loop, "build_transforms", recorder("common"))
+    monkeypatch.setattr(loop, "build_minority_transforms", recorder("minority"))
+    cfg = tiny_config(minority_data(tmp_path / "data"), tmp_path, augment__augment="light")
+    cfg.augment.augment_minority = augment_minority
+    trainer = loop.Trainer(cfg, DistInfo())
+    for _ in trainer.loader:  # one epoch: every training image once
+        pass
+    minority = sorted(pipelines["minority"].seen) if augment_minority else []
+    assert minority == ([11, 12] if augment_minority else [])
+    assert sorted(pipelines["common"].seen) == [k for k in range(1, 15) if k not in minority]
 
 
 # ---------------------------------------------------------------------------- copy-paste

@@ -300,6 +300,49 @@ def test_fitted_anchors_beat_defaults_on_small_boxes() -> None:
     assert build_model(tiny()).anchor_generator.sizes[0][0] == 32.0
 
 
+def test_anchors_are_fitted_at_model_resolution() -> None:
+    """--anchors auto with --image-size 64 on 256 px images (square, and portrait 128 x 256:
+    the longer side counts) fits the boxes as the model sees them: 4x smaller."""
+    import pandas as pd
+
+    from defectdet.data.catalog import Catalog
+    from defectdet.engine.train.setup import RunData, resolve
+
+    n = 90
+    width, height = np.array([256, 128] * 45), np.full(n, 256)
+    rng = np.random.default_rng(0)
+    wh = np.stack([rng.uniform(30, 120, n), rng.uniform(20, 120, n)], axis=1)
+    images = pd.DataFrame(
+        {
+            "image_id": np.arange(n),
+            "file_name": [f"{i}.png" for i in range(n)],
+            "width": width,
+            "height": height,
+            "split": "train",
+        }
+    )
+    boxes = pd.DataFrame(
+        {
+            "image_id": np.arange(n),
+            "class_id": 0,
+            "x1": 2.0,
+            "y1": 2.0,
+            "x2": 2.0 + wh[:, 0],
+            "y2": 2.0 + wh[:, 1],
+        }
+    )
+    catalog = Catalog(Path("."), ["pit"], images, boxes)
+    cfg = TrainConfig()
+    cfg.model.image_size, cfg.model.anchors, cfg.model.levels = 64, "auto", "3-5"
+    spec = resolve(cfg, RunData(catalog, catalog, catalog)).spec
+    at_64 = wh * (64 / np.maximum(width, height))[:, None]  # what the model sees
+    assert spec.anchor_sizes == pytest.approx(fit_anchor_sizes(at_64, 3, 5), abs=0.01)
+    assert spec.aspect_ratios == pytest.approx(fit_aspect_ratios(at_64), abs=0.001)
+    native = fit_anchor_sizes(wh, 3, 5)  # fitted to the original pixels instead: 4x larger
+    assert spec.anchor_sizes == pytest.approx([s / 4 for s in native], rel=0.01)
+    assert build_model(spec).anchor_generator.sizes[0][0] == pytest.approx(spec.anchor_sizes[0])
+
+
 def test_anchor_fit_edge_cases() -> None:
     assert fit_aspect_ratios(np.array([[10.0, 10.0]] * 5)) == pytest.approx([0.707, 1.0, 1.414])
     assert fit_aspect_ratios(np.array([[1.0, 100.0]] * 5))[-1] == 8.0

@@ -96,6 +96,116 @@ def test_outputs_consistent_with_thresholds(tmp_path: Path, weights: Path) -> No
     assert summary["boxes_per_class"] == {c: sum(b["class"] == c for b in boxes) for c in "ab"}
 
 
+def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
+    """(N, N) IoU of xyxy boxes, written out here (not torchvision's)."""
+    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (area[:, None] + area[None, :] - inter)
+
+
+def largest_same_class_iou(detections: list[dict]) -> float:
+    """The largest IoU between two detections of the same class (COCO xywh) of one image."""
+    worst = 0.0
+    for c in {d["category_id"] for d in detections}:
+        xywh = np.array([d["bbox"] for d in detections if d["category_id"] == c]).reshape(-1, 4)
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        iou = pairwise_iou(xyxy) - np.eye(len(xyxy))
+        worst = max(worst, float(iou.max(initial=0.0)))
+    return worst
+
+
+def cli_detections(out: Path, source: Path, weights: Path, *options: str) -> dict[str, list]:
+    """``defectdet predict`` with ``options``: every detection of predictions.json by image."""
+    args = ["predict", str(source), "-w", str(weights), "--out", str(out), "--workers", "0"]
+    result = CliRunner().invoke(app, [*args, "--conf", "0.3", *options])
+    assert result.exit_code == 0, result.output
+    per_image: dict[str, list[dict]] = {}
+    for d in json.loads((out / "predictions.json").read_text()):
+        per_image.setdefault(d["file_name"], []).append(d)
+    rows = read_csv(out / "predictions.csv")
+    assert len(rows) == sum(d["above_threshold"] for v in per_image.values() for d in v)
+    return per_image
+
+
+def test_max_det_and_iou_change_the_detections(tmp_path: Path, weights: Path) -> None:
+    """--max-det keeps the best N detections of each image; --iou is the overlap above which
+    NMS drops the lower-scored of two same-class boxes. Through the command line."""
+    write_images(tmp_path / "in", 3, width=96, height=96)
+    default = cli_detections(tmp_path / "default", tmp_path / "in", weights)
+    assert min(len(v) for v in default.values()) > 5
+    assert 0.3 < max(largest_same_class_iou(v) for v in default.values()) <= 0.5
+    best_5 = cli_detections(tmp_path / "max-det", tmp_path / "in", weights, "--max-det", "5")
+    assert best_5.keys() == default.keys()
+    for name, dets in best_5.items():
+        top = sorted(default[name], key=lambda d: -d["score"])[:5]
+        assert [(d["category_id"], d["score"], d["bbox"]) for d in dets] == [
+            (d["category_id"], d["score"], d["bbox"]) for d in top
+        ]
+    strict_nms = cli_detections(tmp_path / "iou", tmp_path / "in", weights, "--iou", "0.3")
+    assert max(largest_same_class_iou(v) for v in strict_nms.values()) <= 0.3 + 1e-6
+    assert sum(map(len, strict_nms.values())) < sum(map(len, default.values()))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG inference: NMS runs on boxes clipped to the padded model input; mapped back and "
+    "clipped to a non-square image, boxes that reached into the padding overlap more than --iou "
+    "(measured 0.73 at --iou 0.5); fix: clip to the letterboxed content before NMS, or NMS "
+    "again after mapping (merge_tiles skips it for one tile)",
+)
+def test_iou_holds_on_letterboxed_images(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 3, width=96, height=72)
+    detections = cli_detections(tmp_path / "out", tmp_path / "in", weights)
+    assert max(largest_same_class_iou(v) for v in detections.values()) <= 0.5 + 1e-6
+
+
+def test_summary_json_counts_what_the_files_hold(tmp_path: Path, weights: Path) -> None:
+    write_images(tmp_path / "in", 5)
+    (tmp_path / "in" / "002.png").write_bytes(b"not a png")
+    o = opts(weights, tmp_path / "out", conf=0.6, class_conf="b=0.3", batch_size=2)
+    returned = predict(tmp_path / "in", o)
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(returned))  # written as returned (and --json)
+    assert set(summary) == {
+        "images",
+        "skipped",
+        "skipped_files",
+        "defect_images",
+        "ok_images",
+        "boxes",
+        "boxes_per_class",
+        "seconds",
+        "images_per_s",
+        "timings_s",
+        "thresholds",
+        "threshold_source",
+        "out",
+        "inputs",
+    }
+    images, boxes = read_csv(out / "images.csv"), read_csv(out / "predictions.csv")
+    verdicts = [r["verdict"] for r in images]
+    assert summary["inputs"] == 5 and summary["images"] == len(images) == 4
+    assert summary["skipped"] == 1 and summary["skipped_files"] == ["002.png"]
+    assert summary["defect_images"] == verdicts.count("defect") > 0
+    assert summary["ok_images"] == verdicts.count("ok") == 4 - summary["defect_images"]
+    assert summary["boxes"] == len(boxes) == sum(int(r["n_boxes"]) for r in images) > 0
+    assert summary["boxes_per_class"] == {c: [b["class"] for b in boxes].count(c) for c in "ab"}
+    assert summary["thresholds"] == {"a": 0.6, "b": 0.3}
+    assert summary["threshold_source"] == "--conf and --class-conf"
+    assert summary["out"] == str(out)
+    assert summary["seconds"] > 0
+    assert summary["images_per_s"] == pytest.approx(4 / summary["seconds"], rel=0.01)
+    timings = summary["timings_s"]
+    assert set(timings) == {"wait_for_data", "model", "postprocess", "write"}
+    assert all(v >= 0 for v in timings.values()) and timings["model"] > 0
+    assert sum(timings.values()) <= summary["seconds"] + 0.005  # parts of the whole run
+
+
 def test_corrupt_image_skipped_with_warning(tmp_path: Path, weights: Path, capsys) -> None:
     write_images(tmp_path / "in", 3)
     (tmp_path / "in" / "001.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
@@ -216,6 +326,92 @@ def test_tiles_map_back_to_full_image(tmp_path: Path) -> None:
         for r in read_csv(tmp_path / "out" / "predictions.csv")
     )
     assert got == sorted(map(tuple, np.array(squares, dtype=float).tolist()))
+
+
+class ColourBlobDetector:
+    """Fake model over two classes: a box around each red blob (class 0) and each green blob
+    (class 1) of each input, in model pixels, scored by its area (a cut-off part of an object
+    scores lower than the whole). Keeps every box it returned in ``raw``."""
+
+    image_size = 64
+
+    def __init__(self) -> None:
+        self.class_names = ["red", "green"]
+        self.raw = 0
+
+    def configure(self, settings: PostprocessSettings) -> None:
+        self.settings = settings
+
+    def __call__(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for img in batch.numpy():
+            red, green = img[0] > 127, img[1] > 127
+            boxes, labels = [], []
+            for label, mask in enumerate((red & ~green, green & ~red)):
+                n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
+                boxes += [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:n]]
+                labels += [label] * (n - 1)
+            b = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+            area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+            self.raw += len(b)
+            out.append({"boxes": b, "scores": 0.3 + area / 4096, "labels": torch.tensor(labels)})
+        return out
+
+
+#: (x1, y1, x2, y2, class) on a 300 x 200 image cut into 128 px tiles (stride 96: tiles start at
+#: x 0, 96, 172 and y 0, 72). Even coordinates: the 2x downscale to the model keeps them exact.
+TILED_OBJECTS = [
+    (116, 20, 136, 40, "red"),  # cut by tile 1's right edge (x 128); whole in tile 2
+    (60, 116, 80, 136, "green"),  # cut by the first row's bottom edge (y 128)
+    (210, 30, 234, 50, "green"),  # cut by the second tile's right edge (x 224)
+    (20, 20, 60, 60, "red"),  # a red frame around...
+    (24, 24, 56, 56, "green"),  # ...a green square: IoU 0.64, kept apart by class-wise NMS
+]
+
+
+def draw_objects(path: Path, objects) -> None:
+    bgr = {"red": (0, 0, 255), "green": (0, 255, 0)}
+    img = np.zeros((200, 300, 3), dtype=np.uint8)
+    for x1, y1, x2, y2, name in objects:  # in order: the green square paints over the frame
+        img[y1:y2, x1:x2] = bgr[name]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+
+
+def tiled_boxes(tmp_path: Path, objects, **options) -> tuple[list[tuple], ColourBlobDetector]:
+    draw_objects(tmp_path / "in" / "big.png", objects)
+    det = ColourBlobDetector()
+    tiles = {"tile": 128, "tile_overlap": 0.25, "conf": 0.3}
+    predict(tmp_path / "in", opts(Path("unused.pt"), tmp_path / "out", **tiles, **options), det)
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    got = [(*(float(r[k]) for k in ("x1", "y1", "x2", "y2")), r["class"]) for r in rows]
+    return sorted(got), det
+
+
+def test_tiles_merge_objects_of_two_classes_cut_by_tile_edges(tmp_path: Path) -> None:
+    """Each object comes back once, with its class and exact box, although tiles saw parts of
+    it (more boxes came out of the model than there are objects)."""
+    got, det = tiled_boxes(tmp_path, TILED_OBJECTS)
+    assert got == sorted(TILED_OBJECTS)
+    assert det.raw == len(TILED_OBJECTS) + 3  # three objects seen whole and in part
+
+
+def test_tiled_max_det_keeps_the_best_boxes_of_the_image(tmp_path: Path) -> None:
+    got, _ = tiled_boxes(tmp_path / "three", TILED_OBJECTS, max_det=3)
+    assert got == sorted(TILED_OBJECTS[2:])  # the three largest: the highest scores
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="LIMITATION engine/inference/run.py merge_tiles: a tile that sees less than half of "
+    "an object returns a partial box whose IoU with the whole one is below --iou, so class-wise "
+    "NMS keeps both (two boxes for one object); needs e.g. dropping boxes cut by an inner tile "
+    "edge, or merging by intersection over the smaller box",
+)
+def test_tiles_merge_an_object_mostly_outside_one_tile(tmp_path: Path) -> None:
+    obj = (120, 150, 140, 170, "red")  # tile 1 (x < 128) sees 8 of its 20 px; tile 2 all
+    got, _ = tiled_boxes(tmp_path, [obj])
+    assert got == [obj]
 
 
 def test_letterbox_maps_back_without_tiles(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ silently, never overwrites a run, and runs under torchrun with two CPU processes
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -91,6 +92,14 @@ def test_learns_to_high_ap50_and_writes_the_run_folder(tmp_path: Path):
     run = train(cfg)
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["epoch"]) == list(range(1, 16))
+    # One scheduler step per optimiser step: after epoch e (4e steps of 60), the rate is still
+    # warming up (linear from 0.1% over 5 steps), then the cosine from 0.001 down to 1% of it.
+    steps = [4 * epoch for epoch in range(1, 16)]
+    factors = [
+        0.001 + 0.999 * s / 5 if s < 5 else 0.01 + 0.99 * (1 + math.cos(math.pi * (s - 5) / 55)) / 2
+        for s in steps
+    ]
+    assert metrics["lr"].tolist() == pytest.approx([0.001 * f for f in factors], rel=1e-4)
     assert metrics["train_loss"].iloc[-3:].mean() < 0.5 * metrics["train_loss"].iloc[:3].mean()
     final = metrics.iloc[-1]
     assert final["mean_class_ap50"] >= 0.8, final.to_dict()
@@ -120,30 +129,69 @@ def _stop_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(train_module.Trainer, "_step", step)
 
 
-@pytest.mark.parametrize("stop_at", [2, 3])  # at an epoch boundary, and mid-epoch
+#: The resume runs: augmentation and a repeat-factor sampler whose threshold (0.9) is above
+#: every class's image frequency (3 of 8 images), so images are repeated: r = sqrt(0.9 / 0.375)
+#: = 1.55, rounded stochastically each epoch. Epochs then differ in length and order.
+RESUME_OPTIONS = {
+    "optim__epochs": 2,
+    "augment__augment": "light",
+    "sampler__sampler": "repeat-factor",
+    "sampler__repeat_threshold": 0.9,
+    "run__eval_interval": 2,
+}
+
+
+def sampled_epochs(data: Path, cfg: TrainConfig) -> list[np.ndarray]:
+    """The rows each epoch of the run draws, computed apart from the trainer."""
+    from defectdet.data.formats import load_dataset
+    from defectdet.data.sampling import EpochSampler
+
+    counts = load_dataset(data).split_subset("train").image_class_counts()
+    sampler = EpochSampler(counts, cfg.sampler, cfg.run.seed)
+    epochs = []
+    for epoch in range(cfg.optim.epochs):
+        sampler.set_epoch(epoch)
+        epochs.append(sampler.epoch_rows.copy())
+    return epochs
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(easy_data: Path, tmp_path_factory) -> Path:
+    return train(tiny_config(easy_data, tmp_path_factory.mktemp("full"), **RESUME_OPTIONS))
+
+
+@pytest.mark.parametrize("stop", ["epoch-boundary", "mid-epoch", "before-last-step"])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
-    easy_data: Path, tmp_path: Path, monkeypatch, stop_at: int
+    easy_data: Path, uninterrupted: Path, tmp_path: Path, monkeypatch, stop: str
 ):
-    kwargs = {
-        "optim__epochs": 3,
-        "augment__augment": "light",
-        "sampler__sampler": "repeat-factor",
-        "run__eval_interval": 3,
-    }
-    full = train(tiny_config(easy_data, tmp_path / "a", **kwargs))
+    cfg = tiny_config(easy_data, tmp_path / "b", **RESUME_OPTIONS)
+    epochs = sampled_epochs(easy_data, cfg)
+    steps = [math.ceil(len(rows) / cfg.optim.batch_size) for rows in epochs]
+    assert all(len(rows) > len(set(rows.tolist())) for rows in epochs)  # images do repeat
+    stop_at = {
+        "epoch-boundary": steps[0],  # the last step of epoch 1
+        "mid-epoch": steps[0] + 1,  # the first step of epoch 2 (of more than one)
+        "before-last-step": sum(steps) - 1,
+    }[stop]
+    assert steps[1] > 1 and stop_at < sum(steps)
     with monkeypatch.context() as m:
         _stop_after(m, stop_at)
         with pytest.raises(Interrupted, match="--resume"):
-            train(tiny_config(easy_data, tmp_path / "b", **kwargs))
+            train(cfg)
     run_b = tmp_path / "b" / "exp"
     assert load_checkpoint(run_b / "weights" / "last.pt")["state"]["global_step"] == stop_at
     resumed = train(resume=run_b)
-    a = load_checkpoint(full / "weights" / "last.pt")
+    a = load_checkpoint(uninterrupted / "weights" / "last.pt")
     b = load_checkpoint(resumed / "weights" / "last.pt")
-    assert a["state"]["global_step"] == b["state"]["global_step"]
+    assert a["state"]["global_step"] == b["state"]["global_step"] == sum(steps)
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
-    assert len(pd.read_csv(resumed / "metrics.csv")) == 3
+    # The same history too: each epoch's mean losses over all its steps, lr, validation.
+    history = pd.read_csv(resumed / "metrics.csv").drop(columns="seconds")
+    assert list(history["epoch"]) == [1, 2] and history["train_loss"].notna().all()
+    pd.testing.assert_frame_equal(
+        history, pd.read_csv(uninterrupted / "metrics.csv").drop(columns="seconds")
+    )
 
 
 def test_nan_loss_stops_with_a_message_naming_the_step(

@@ -306,7 +306,14 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    epochs: int = opt(20, "Epochs.", low=1, panel=_O)
+    epochs: int = opt(20, "Epochs (with --time-budget: only the first estimate).", low=1, panel=_O)
+    time_budget: float = opt(
+        0.0,
+        "Minutes the run may take (0 = off): the step count is fitted to it from measured "
+        "throughput, so warm-up and cosine decay end on time, final validation included.",
+        low=0,
+        panel=_O,
+    )
     batch_size: int = _batch_size(_O)
     lr: float = opt(0.01, "Base learning rate.", low=0, low_open=True, panel=_O)
     optimizer: str = opt("sgd", "sgd or adamw.", choices=("sgd", "adamw"), panel=_O)

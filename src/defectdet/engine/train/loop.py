@@ -39,7 +39,7 @@ from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.progress import RateProgress, print_sampling
 from defectdet.engine.train.history import History
-from defectdet.engine.train.schedule import build_optimizer, build_scheduler
+from defectdet.engine.train.schedule import build_optimizer, build_scheduler, set_total_steps
 from defectdet.engine.train.setup import Resolved, load_run_data, new_run_dir, resolve
 from defectdet.errors import CheckpointError, ConfigError, DefectdetError
 from defectdet.io import write_text
@@ -56,6 +56,10 @@ from defectdet.model import (
 from defectdet.model.device import amp_dtype, to_model_input
 from defectdet.model.pretrained import load_initial_weights
 from defectdet.model.restore import training_state
+
+
+PROVISIONAL_STEPS = 10**6
+"""The schedule's length under --time-budget until the first steps have been timed."""
 
 
 class TrainingDiverged(DefectdetError):
@@ -137,6 +141,8 @@ class Trainer:
         self.loader, self.sampler = self._build_loader()
         self.state = {
             "epoch": 0,
+            "epochs": cfg.optim.epochs,  # with --time-budget, fitted to the measured speed
+            "elapsed": 0.0,  # seconds of training and validation so far (the budget's clock)
             "step_in_epoch": 0,
             "global_step": 0,
             "total_steps": self._total_steps(),
@@ -150,9 +156,14 @@ class Trainer:
         use_scaler = self.amp and amp_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.history = History(self.run_dir, spec.class_names)
+        self.budget = cfg.optim.time_budget * 60  # seconds; 0 = off
+        self._probe: list[float] = []  # clock readings of the first steps (budget fitting)
+        self._val_seconds = 0.0
         if ckpt is not None:
             self._load_state(ckpt, run_dir)
         self._stop_requested = False
+
+    clock = staticmethod(time.perf_counter)  # the budget's clock (tests replace it)
 
     # ------------------------------------------------------------------ set-up pieces
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -195,6 +206,8 @@ class Trainer:
         return make_loader(dataset, sampler, cfg.optim.batch_size, cfg.run.workers, True), sampler
 
     def _total_steps(self) -> int:
+        if self.cfg.optim.time_budget:  # provisional: no decay until the budget is fitted
+            return PROVISIONAL_STEPS
         per_epoch = math.ceil(len(self.sampler) / self.cfg.optim.batch_size)
         total = per_epoch * self.cfg.optim.epochs
         return min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
@@ -231,6 +244,7 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
             self.sampler.load_state_dict(ckpt["sampler"])
             self.state.update(ckpt["state"])
+            self._set_schedule(self.state["total_steps"])
             self.history.rows = list(ckpt.get("history", []))
             torch.set_rng_state(ckpt["rng"]["torch"])
         except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as exc:
@@ -245,14 +259,17 @@ class Trainer:
         if self.info.is_main:
             self._announce()
         with _GracefulInterrupt(self):
-            for epoch in range(self.state["epoch"], self.cfg.optim.epochs):
-                t0 = time.perf_counter()
+            while (epoch := self.state["epoch"]) < self.state["epochs"]:
+                t0 = self.clock()
+                self._epoch_start, self._epoch_first_step = t0, self.state["global_step"]
                 losses = self._train_epoch(epoch)
                 if self._stop_requested:
                     self._save_last()
                     raise Interrupted(self._resume_hint())
                 self.state.update(epoch=epoch + 1, step_in_epoch=0)
-                if self._end_epoch(epoch, losses, time.perf_counter() - t0):
+                stop = self._end_epoch(epoch, losses, self.clock() - t0)
+                self.state["elapsed"] += self.clock() - t0
+                if stop:
                     break
         self.state["finished"] = True  # compare and scripts tell done runs from partial ones
         self._save_last()
@@ -269,11 +286,12 @@ class Trainer:
         done = self.state["step_in_epoch"]
         sums: dict[str, float] = dict(self.state.get("epoch_loss_sums") or {}) if done else {}
         steps = 0
-        label = f"epoch {epoch + 1}/{self.cfg.optim.epochs}"
+        label = f"epoch {epoch + 1}/{self.state['epochs']}"
         with RateProgress(label, len(self.loader), enabled=self.info.is_main) as bar:
             for images, targets in self.loader:
                 parts = self._step(images, targets)
                 steps += 1
+                self._budget_probe()
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 self.state["epoch_loss_sums"] = dict(sums)
@@ -314,7 +332,51 @@ class Trainer:
         return ddp.all_reduce_mean(self.info, parts)
 
     def _out_of_steps(self) -> bool:
-        return bool(self.cfg.run.max_steps) and self.state["global_step"] >= self.cfg.run.max_steps
+        step = self.state["global_step"]
+        if self.budget and self.resolved.schedule and step >= self.state["total_steps"]:
+            return True
+        return bool(self.cfg.run.max_steps) and step >= self.cfg.run.max_steps
+
+    # ------------------------------------------------------------------ time budget
+    PROBE_STEPS = 8  # steps timed (after 2 warm-up ones) before the first fit
+
+    def _budget_probe(self) -> None:
+        """Fit the schedule to the budget once the first steps have been timed."""
+        if not self.budget or len(self._probe) > self.PROBE_STEPS + 2:
+            return
+        self._probe.append(self.clock())
+        if len(self._probe) == self.PROBE_STEPS + 2:
+            per_step = (self._probe[-1] - self._probe[1]) / self.PROBE_STEPS
+            self._fit_budget(per_step)
+            self._probe.append(self._probe[-1])  # done
+
+    def _fit_budget(self, per_step: float) -> None:
+        """Steps that fit in what is left of the budget at ``per_step`` seconds each, keeping
+        room for the validations still to come and the final validation and calibration; the
+        learning-rate schedule is redefined over them (warm-up and cosine end on time)."""
+        spent = self.state["elapsed"] + (self.clock() - self._epoch_start)
+        per_epoch = max(len(self.loader), 1)
+        val = self._val_seconds or 0.05 * self.budget  # before the first validation: 5 %
+        left_epochs = max(self.state["epochs"] - self.state["epoch"], 1)
+        validations = math.ceil(left_epochs / max(self.cfg.run.eval_interval, 1))
+        reserve = val * (validations + 1)  # the last one, then calibration
+        steps = max(int((self.budget - spent - reserve) / max(per_step, 1e-9)), 1)
+        total = self.state["global_step"] + steps
+        if self.cfg.run.max_steps:
+            total = min(total, self.cfg.run.max_steps)
+        epochs = math.ceil(total / per_epoch)
+        self.state.update(total_steps=total, epochs=epochs)
+        self._set_schedule(total)
+        self.resolved.schedule = {
+            "time_budget_minutes": self.cfg.optim.time_budget,
+            "seconds_per_step": round(per_step, 4),
+            "total_steps": total,
+            "epochs": epochs,
+        }
+
+    def _set_schedule(self, total_steps: int) -> None:
+        """Warm-up and decay defined over ``total_steps`` (from where training stands)."""
+        set_total_steps(self.scheduler, self.cfg.optim, total_steps)
 
     def _diverged_message(self, value: float) -> str:
         s = self.state
@@ -330,11 +392,17 @@ class Trainer:
     def _end_epoch(self, epoch: int, losses: dict[str, float], seconds: float) -> bool:
         """Validate, log, checkpoint; True when training should stop now."""
         cfg = self.cfg
-        last = epoch + 1 == cfg.optim.epochs or self._out_of_steps()
+        if self.budget and not self._out_of_steps():  # (re-)fit to this epoch's measured speed
+            # (before the first fit the provisional schedule spans --epochs; it never stops early)
+            steps = max(self.state["global_step"] - self._epoch_first_step, 1)
+            self._fit_budget((self.clock() - self._epoch_start) / steps)
+        last = epoch + 1 >= self.state["epochs"] or self._out_of_steps()
         metrics = None
         due = (epoch + 1) % max(cfg.run.eval_interval, 1) == 0 or last
         if due and self.info.is_main and self.data.val.num_images:
+            t = self.clock()
             metrics = self.validate()
+            self._val_seconds = self.clock() - t
         mining = self._mine_if_due(epoch, due and not last)
         stop = False
         if self.info.is_main:
@@ -346,7 +414,7 @@ class Trainer:
         """Hard-negative mining after a validation and at least every ``--mine-interval``
         epochs (not after the last): rank 0 scores, every rank gets the scores."""
         cfg = self.cfg.sampler
-        if not cfg.hard_negatives or self._out_of_steps() or epoch + 1 >= self.cfg.optim.epochs:
+        if not cfg.hard_negatives or self._out_of_steps() or epoch + 1 >= self.state["epochs"]:
             return None
         if not (validated or (epoch + 1) % cfg.mine_interval == 0):
             return None

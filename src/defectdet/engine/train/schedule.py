@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -43,5 +44,20 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg, total_steps)
+        optimizer, partial(lr_factor, cfg=cfg, total_steps=total_steps)
     )
+
+
+def set_total_steps(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: OptimConfig, total_steps: int
+) -> None:
+    """Redefine the schedule over ``total_steps`` (a time budget fitted to measured speed); the
+    rate of the current step follows at once."""
+    scheduler.lr_lambdas = [partial(lr_factor, cfg=cfg, total_steps=total_steps)] * len(
+        scheduler.lr_lambdas
+    )
+    step = scheduler.last_epoch
+    for group, fn, base in zip(
+        scheduler.optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs, strict=True
+    ):
+        group["lr"] = base * fn(step)

@@ -80,9 +80,11 @@ class Resolved:
 
     spec: ModelSpec
     class_weights: list[float] = field(default_factory=list)  # one per class; [] = none
+    schedule: dict[str, Any] = field(default_factory=dict)  # --time-budget: the fitted steps
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_spec": self.spec.to_dict(), "class_weights": list(self.class_weights)}
+        out = {"model_spec": self.spec.to_dict(), "class_weights": list(self.class_weights)}
+        return out | ({"schedule": dict(self.schedule)} if self.schedule else {})
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], where: str) -> Resolved:
@@ -91,7 +93,8 @@ class Resolved:
         weights = ckpt.get("class_weights")
         if weights is None:  # defectdet 0.1 kept them in the loss config
             weights = (ckpt.get("config") or {}).get("loss", {}).get("class_weight_values", [])
-        return cls(checkpoint_spec(ckpt, where), [float(w) for w in weights])
+        schedule = dict(ckpt.get("schedule") or {})
+        return cls(checkpoint_spec(ckpt, where), [float(w) for w in weights], schedule)
 
 
 def resolve(cfg: TrainConfig, data: RunData) -> Resolved:

@@ -1,0 +1,53 @@
+"""--time-budget: the step count is fitted to the measured speed so that the run, its last
+validation and its calibration end on time, with the learning rate fully annealed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from defectdet.config import load_yaml
+from defectdet.engine.train import loop as train_module
+from defectdet.engine.train.loop import train
+from defectdet.engine.train.schedule import COSINE_FLOOR
+from test_train import make_easy_dataset, tiny_config
+
+
+class FakeClock:
+    """Time that moves only when the model steps (``per_step`` seconds a step)."""
+
+    def __init__(self, per_step: float) -> None:
+        self.now, self.per_step = 0.0, per_step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_step", [1.0, 2.0])
+def test_budget_fixes_the_steps_and_anneals(tmp_path: Path, monkeypatch, per_step: float):
+    data = make_easy_dataset(tmp_path / "data", repeat=4)  # 32 images: 8 steps an epoch at 4
+    clock = FakeClock(per_step)
+    original = train_module.Trainer._step
+
+    def step(self, images, targets):
+        clock.now += clock.per_step
+        return original(self, images, targets)
+
+    monkeypatch.setattr(train_module.Trainer, "clock", staticmethod(clock))
+    monkeypatch.setattr(train_module.Trainer, "_step", step)
+    cfg = tiny_config(data, tmp_path, optim__epochs=1, optim__time_budget=1.0)  # 60 s
+    cfg.optim.warmup_iters = 3
+    run = train(cfg)
+    schedule = load_yaml(run / "resolved.yaml")["schedule"]
+    from defectdet.model import load_checkpoint
+
+    state = load_checkpoint(run / "weights" / "last.pt")["state"]
+    # 60 s minus a reserve for validations (none measured: 5 % each) at per_step s a step.
+    assert state["global_step"] == schedule["total_steps"] == state["total_steps"]
+    assert 0.7 * 60 / per_step <= schedule["total_steps"] <= 60 / per_step
+    assert clock.now <= 60  # ended on time (validations cost nothing on this clock)
+    assert schedule["epochs"] == -(-schedule["total_steps"] // 8) > 1  # more than --epochs 1
+    lr = load_checkpoint(run / "weights" / "last.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(cfg.optim.lr * COSINE_FLOOR, rel=0.05)  # annealed to the floor
