@@ -57,7 +57,6 @@ from defectdet.model.device import amp_dtype, to_model_input
 from defectdet.model.pretrained import load_initial_weights
 from defectdet.model.restore import training_state
 
-
 PROVISIONAL_STEPS = 10**6
 """The schedule's length under --time-budget until the first steps have been timed."""
 
