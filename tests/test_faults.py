@@ -330,16 +330,7 @@ def test_disk_full_mid_write_keeps_the_earlier_file(name: str, how: str, tmp_pat
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(
-            "last.pt",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG model/checkpoint.py: torch.save turns the failed write into "
-                "RuntimeError('[enforce fail at inline_container.cc] unexpected pos'), so "
-                "atomic_open cannot name the cause; fix: torch.save into io.BytesIO, then "
-                "fh.write(buffer.getbuffer())",
-            ),
-        ),
+        "last.pt",
         "report.json",
         "compare.md",
         "metrics.csv",
@@ -373,15 +364,7 @@ def test_full_disk_keeps_the_earlier_report(command: str, easy: Path, tmp_path: 
     "where",
     [
         "rename",
-        pytest.param(
-            "mid-write",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG model/checkpoint.py: a write failing inside torch.save escapes "
-                "as RuntimeError (a traceback, exit 1 without a message); see "
-                "test_disk_full_mid_write_is_one_clear_error[last.pt]",
-            ),
-        ),
+        "mid-write",
     ],
 )
 def test_full_disk_during_training_keeps_the_last_good_checkpoint(
@@ -475,19 +458,11 @@ def test_disk_full_at_the_end_of_predict_keeps_the_streamed_results(
     assert not (out / name).exists() and not temp_files(out)
 
 
-_STREAM_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG engine/predict/writers.py: an OSError from the streamed CSV writes escapes "
-    "predict (a traceback, no message naming the file); fix: turn OSError in "
-    "PredictionWriter (open/add/flush/close) into DefectdetError('cannot write PATH: ...')",
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("predictions.csv", marks=_STREAM_BUG),
-        pytest.param("images.csv", marks=_STREAM_BUG),
+        "predictions.csv",
+        "images.csv",
         "predictions.json",
         "summary.json",
     ],

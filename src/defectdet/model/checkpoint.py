@@ -9,6 +9,7 @@ run cannot write a checkpoint that it would later refuse to load.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 import warnings
@@ -46,8 +47,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     and plain data are allowed (numpy arrays: convert with ``torch.from_numpy`` or ``.tolist()``).
     """
     _check_plain(payload, "payload")
+    buf = io.BytesIO()  # serialise first: a failing disk write is then a plain OSError
+    torch.save(payload, buf)
     with atomic_open(path, "wb") as fh:
-        torch.save(payload, fh)
+        fh.write(buf.getbuffer())
 
 
 def _check_plain(obj: Any, where: str) -> None:

@@ -159,8 +159,8 @@ class Inference:
 def merge_tiles(
     preds: list[dict[str, torch.Tensor]], meta: ImageMeta, infer: InferConfig
 ) -> Detections:
-    """Detections of an image's tiles (model pixels) -> original pixels, clipped to the image;
-    with several tiles, merged by class-wise NMS at ``infer.iou`` and cut to ``infer.max_det``."""
+    """Detections of an image's tiles (model pixels) -> original pixels, clipped to the image,
+    then class-wise NMS at ``infer.iou`` (merging tiles) and cut to ``infer.max_det``."""
     boxes = [
         torch.from_numpy(
             to_original(p["boxes"].float().numpy(), meta.scale, tuple(off), meta.width, meta.height)
@@ -170,7 +170,8 @@ def merge_tiles(
     b = torch.cat(boxes) if boxes else torch.zeros((0, 4))
     s = torch.cat([p["scores"].float() for p in preds]) if preds else torch.zeros(0)
     lab = torch.cat([p["labels"] for p in preds]) if preds else torch.zeros(0, dtype=torch.int64)
-    if len(preds) > 1:
-        keep = batched_nms(b, s, lab, infer.iou)[: infer.max_det]  # sorted by score
-        b, s, lab = b[keep], s[keep], lab[keep]
+    # Again after mapping, for one tile too: the model's NMS saw boxes clipped to the padded
+    # square input; clipped to the real image they may overlap more than --iou.
+    keep = batched_nms(b, s, lab, infer.iou)[: infer.max_det]  # sorted by score
+    b, s, lab = b[keep], s[keep], lab[keep]
     return Detections(meta.index, b.numpy(), s.numpy(), lab.numpy().astype(np.int64))

@@ -30,10 +30,39 @@ import numpy as np
 
 from defectdet.engine.gallery import draw_boxes
 from defectdet.engine.inference.run import Detections
+from defectdet.errors import DefectdetError
 from defectdet.io import atomic_open, ensure_dir
 
 RESULT_FILES = ("predictions.csv", "images.csv", "predictions.json", "predictions.jsonl")
 _WRITABLE = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class _Stream:
+    """A text file whose failures (a full disk mid-run) become one message naming it; what
+    was flushed before stays on disk."""
+
+    def __init__(self, path: Path, fh: IO[str]) -> None:
+        self.path, self.fh = path, fh
+
+    def _call(self, what: str, *args):
+        try:
+            return getattr(self.fh, what)(*args)
+        except OSError as exc:
+            raise DefectdetError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        if not self.fh.closed:
+            self._call("close")
+
+    @property
+    def closed(self) -> bool:
+        return self.fh.closed
 
 
 class PredictionWriter:
@@ -43,7 +72,7 @@ class PredictionWriter:
     def __init__(self, out_dir: Path, class_names: list[str], save_images: bool = False) -> None:
         self.out_dir, self.class_names = out_dir, class_names
         ensure_dir(out_dir)
-        self._files: list[IO[str]] = []
+        self._files: list[_Stream] = []
         self._boxes = self._csv(
             "predictions.csv", ["file_name", "class", "score", "x1", "y1", "x2", "y2"]
         )
@@ -62,8 +91,12 @@ class PredictionWriter:
         self.images_dir = out_dir / "images" if save_images else None
         self._saved_names: set[str] = set()
 
-    def _open(self, name: str) -> IO[str]:
-        fh = open(self.out_dir / name, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    def _open(self, name: str) -> _Stream:
+        path = self.out_dir / name
+        try:
+            fh = _Stream(path, open(path, "w", encoding="utf-8", newline=""))  # noqa: SIM115
+        except OSError as exc:
+            raise DefectdetError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self._files.append(fh)
         return fh
 
@@ -75,13 +108,23 @@ class PredictionWriter:
     def __enter__(self) -> PredictionWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            self.close()
+        except DefectdetError:
+            if exc_type is None:  # else the first error is the one to report
+                raise
 
     def close(self) -> None:
+        """Close every file (all of them, even when one fails to; then its error)."""
+        error = None
         for fh in self._files:
-            if not fh.closed:
+            try:
                 fh.close()
+            except DefectdetError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def add(
         self,
