@@ -578,13 +578,13 @@ def test_checkpoint_and_report_writers_are_atomic(tmp_path: Path, monkeypatch):
     write_json(tmp_path / "r.json", {"a": 1})
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    def torn_save(obj, fh, *args, **kwargs):
-        fh.write(b"PK\x03\x04 half a zip")
+    def torn_sync(fd):  # the bytes went out, the device failed to keep them
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(torch, "save", torn_save)
-    with pytest.raises(DefectdetError, match=r"cannot write .*last\.pt: Input/output error"):
-        save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(3)}})
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", torn_sync)
+        with pytest.raises(DefectdetError, match=r"cannot write .*last\.pt: Input/output error"):
+            save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(3)}})
     with pytest.raises(TypeError):
         write_json(tmp_path / "r.json", {"a": object()})  # fails half-way through json.dump
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -21,7 +22,13 @@ from defectdet.data.catalog import Catalog
 from defectdet.data.formats import load_dataset
 from defectdet.errors import DefectdetError
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The tally fixture is meant to accumulate over a whole run, not to be reset per input.
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,  # the same examples every run: the share checks below cannot flake
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 def check(catalog: Catalog) -> None:
@@ -43,14 +50,33 @@ def check(catalog: Catalog) -> None:
     json.dumps(catalog.to_coco(), allow_nan=False)  # convert can always write it
 
 
+TALLY: Counter = Counter()
+"""Outcomes of the current fuzz run: ``refused``, ``clean`` or ``repaired`` (loaded with
+problems reported: the validation code ran and found something)."""
+
+
 def read(path: Path, **kwargs) -> Catalog | None:
     """Load; the tool's own errors are an allowed outcome, anything else fails the test."""
     try:
         catalog = load_dataset(path, **kwargs)
     except DefectdetError:
+        TALLY["refused"] += 1
         return None
     check(catalog)
+    TALLY["repaired" if len(catalog.problems) else "clean"] += 1
     return catalog
+
+
+@pytest.fixture
+def tally():
+    """Checks, after a reader's whole fuzz run, that the generator did not merely produce
+    garbage the reader refuses: a share of the inputs loaded, some with problems reported."""
+    TALLY.clear()
+    yield TALLY
+    total = sum(TALLY.values())
+    assert total >= 20, TALLY
+    assert TALLY["clean"] + TALLY["repaired"] >= 0.15 * total, TALLY  # reached validation
+    assert TALLY["repaired"] >= 1, TALLY  # and validation found something to report
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +110,12 @@ ANY_JSON = st.recursive(
 def field(plausible: st.SearchStrategy) -> st.SearchStrategy:
     """Mostly a plausible value (so deep code runs), sometimes any JSON value at all."""
     return st.one_of(plausible, plausible, ANY_JSON)
+
+
+def mostly(plausible: st.SearchStrategy, other: st.SearchStrategy, odds: int = 4):
+    """``plausible`` in ``odds - 1`` of ``odds`` draws, else ``other`` (an explicit weight:
+    ``one_of`` alone favours its simplest branch)."""
+    return st.integers(1, odds).flatmap(lambda k: other if k == 1 else plausible)
 
 
 NAMES = st.sampled_from(
@@ -120,23 +152,33 @@ ANNOTATION = st.fixed_dictionaries(
     optional={"id": ANY_JSON},
 )
 CATEGORY = st.fixed_dictionaries(
-    {"id": field(st.integers(0, 3)), "name": field(st.text(max_size=3))}
+    {
+        "id": field(st.integers(0, 3)),
+        "name": field(st.sampled_from(["x", "y", "z"]) | st.text(max_size=3)),
+    }
 )
-COCO_DOC = field(
-    st.fixed_dictionaries(
-        {},
-        optional={
-            "images": field(st.lists(field(IMAGE), max_size=5)),
-            "annotations": field(st.lists(field(ANNOTATION), max_size=8)),
-            "categories": field(st.lists(field(CATEGORY), max_size=4)),
-        },
-    )
+GOOD_IMAGE, GOOD_CAT = {"id": 1, "file_name": "a.png"}, {"id": 1, "name": "x"}
+
+
+def _after(good: dict):
+    return lambda items: [good, *items]
+
+
+_DOC = st.fixed_dictionaries(
+    {
+        # A good record first, mostly: the fuzzed ones then meet the validation code.
+        "images": mostly(st.lists(field(IMAGE), max_size=5).map(_after(GOOD_IMAGE)), ANY_JSON),
+        "categories": mostly(st.lists(field(CATEGORY), max_size=4).map(_after(GOOD_CAT)), ANY_JSON),
+    },
+    optional={"annotations": field(st.lists(field(ANNOTATION), max_size=8))},
 )
+# Mostly a COCO-shaped document (so the validation code runs), sometimes any JSON at all.
+COCO_DOC = mostly(_DOC, ANY_JSON)
 
 
 @FUZZ
 @given(doc=COCO_DOC, check_images=st.booleans())
-def test_coco_reader(folder: Path, doc, check_images: bool):
+def test_coco_reader(folder: Path, tally, doc, check_images: bool):
     path = folder / "ann.json"
     path.write_bytes(to_bytes(json.dumps(doc)))
     catalog = read(path, check_images=check_images)
@@ -194,7 +236,7 @@ def yolo_root(tmp_path_factory) -> Path:
 
 @FUZZ
 @given(label=LABELS, data_yaml=DATA_YAML)
-def test_yolo_reader(yolo_root: Path, label: str, data_yaml: str):
+def test_yolo_reader(yolo_root: Path, tally, label: str, data_yaml: str):
     (yolo_root / "labels" / "a.txt").write_bytes(to_bytes(label))
     (yolo_root / "data.yaml").write_bytes(to_bytes(data_yaml))
     read(yolo_root)
@@ -210,13 +252,16 @@ HEADERS = st.sampled_from(
         "IMAGE , X1,y1,x2,y2,label",
     ]
 )
-ROWS = st.lists(st.lists(CELL, max_size=8).map(",".join), max_size=6)
+# Rows mostly start with a real image name and carry label-like and number-like cells.
+ROW = st.tuples(NAMES, st.lists(CELL, max_size=7)).map(lambda r: ",".join([r[0], *r[1]]))
+ROWS = st.lists(mostly(ROW, st.lists(CELL, max_size=8).map(",".join)), max_size=6)
 
 
 @FUZZ
-@given(header=HEADERS | st.text(max_size=20), rows=ROWS)
-def test_csv_reader(folder: Path, header: str, rows: list[str]):
-    (folder / "ann.csv").write_bytes(to_bytes("\n".join([header, *rows])))
+@given(header=mostly(HEADERS, st.text(max_size=20)), rows=ROWS)
+def test_csv_reader(folder: Path, tally, header: str, rows: list[str]):
+    good = ["a.png,1,1,9,9,x"] if "x1" in header.lower() else []  # one good row, mostly
+    (folder / "ann.csv").write_bytes(to_bytes("\n".join([header, *good, *rows])))
     read(folder / "ann.csv")
 
 
@@ -240,7 +285,7 @@ def voc_root(tmp_path_factory) -> Path:
 
 @FUZZ
 @given(file_name=TAG_TEXT, width=TAG_TEXT, height=TAG_TEXT, objects=st.lists(OBJECT, max_size=3))
-def test_voc_reader(voc_root: Path, file_name: str, width: str, height: str, objects: list):
+def test_voc_reader(voc_root: Path, tally, file_name: str, width: str, height: str, objects: list):
     parts = [
         f"<annotation><filename>{file_name}</filename>"
         f"<size><width>{width}</width><height>{height}</height></size>"
