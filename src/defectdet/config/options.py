@@ -331,6 +331,15 @@ class OptimConfig:
         cli=False,
     )
     grad_clip: float = opt(10.0, "Gradient-norm clip (0 = off).", low=0, panel=_O)
+    ema: float = opt(
+        0.0,
+        "Exponential moving average of the weights with this decay (e.g. 0.999; 0 = off): "
+        "validated, and saved as best.pt.",
+        low=0,
+        high=1,
+        high_open=True,
+        panel=_O,
+    )
 
 
 @dataclass

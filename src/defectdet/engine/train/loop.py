@@ -39,7 +39,12 @@ from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.progress import RateProgress, print_sampling
 from defectdet.engine.train.history import History
-from defectdet.engine.train.schedule import build_optimizer, build_scheduler, set_total_steps
+from defectdet.engine.train.schedule import (
+    build_ema,
+    build_optimizer,
+    build_scheduler,
+    set_total_steps,
+)
 from defectdet.engine.train.setup import Resolved, load_run_data, new_run_dir, resolve
 from defectdet.errors import CheckpointError, ConfigError, DefectdetError
 from defectdet.io import write_text
@@ -151,6 +156,7 @@ class Trainer:
             "finished": False,
         }
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.ema = build_ema(self.model, cfg.optim.ema, self.state["total_steps"])
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, self.state["total_steps"])
         use_scaler = self.amp and amp_dtype(self.device) == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
@@ -213,10 +219,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self, full: bool, metrics: MetricsResult | None = None) -> dict[str, Any]:
+        # With --ema the averaged weights are the model (validated, best.pt); last.pt also
+        # keeps the raw ones to train on.
+        evaluated = self.ema.module if self.ema is not None and not full else self.model
         payload: dict[str, Any] = {
             "kind": "defectdet-checkpoint",
             "version": __version__,
-            "model": self.model.state_dict(),
+            "model": evaluated.state_dict(),
             "config": to_dict(self.cfg),
             **self.resolved.to_dict(),
             "classes": list(self.resolved.spec.class_names),
@@ -233,6 +242,8 @@ class Trainer:
                 "history": self.history.rows,
                 "rng": {"torch": torch.get_rng_state()},
             }
+            if self.ema is not None:
+                payload["ema"] = self.ema.state_dict()
         return payload
 
     def _load_state(self, ckpt: dict, source: str | Path) -> None:
@@ -242,6 +253,8 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.scaler.load_state_dict(ckpt["scaler"])
             self.sampler.load_state_dict(ckpt["sampler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(ckpt["ema"])
             self.state.update(ckpt["state"])
             self._set_schedule(self.state["total_steps"])
             self.history.rows = list(ckpt.get("history", []))
@@ -321,6 +334,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.state["global_step"] += 1
         self.state["step_in_epoch"] += 1
         parts = {
@@ -477,7 +492,7 @@ class Trainer:
         """The model scored on the validation split by the same path as ``evaluate``."""
         spec, cfg = self.resolved.spec, self.cfg
         detector = TorchDetector(
-            self.model,
+            self.ema.module if self.ema is not None else self.model,
             spec.class_names,
             spec.image_size,
             self.device,

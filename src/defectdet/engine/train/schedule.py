@@ -61,3 +61,25 @@ def set_total_steps(
         scheduler.optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs, strict=True
     ):
         group["lr"] = base * fn(step)
+
+
+def build_ema(
+    model: nn.Module, decay: float, total_steps: int
+) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers (torch's
+    ``AveragedModel``), or None when ``decay`` is 0. The decay ramps up as in YOLO's ModelEMA,
+    ``decay * (1 - exp(-updates / tau))`` with ``tau`` a tenth of the run, so the early average
+    is not dragged towards the random initialisation."""
+    if not decay:
+        return None
+    tau = max(min(total_steps, 20_000) / 10, 1.0)
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, updates) -> None:
+        if not averaged[0].is_floating_point():  # counters (BatchNorm's batches seen): copy
+            torch._foreach_copy_(averaged, current)
+            return
+        d = decay * (1 - math.exp(-float(updates) / tau))
+        torch._foreach_lerp_(averaged, current, 1 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
