@@ -12,20 +12,17 @@ done are skipped on resume, in the same order) and exits; a second Ctrl-C stops 
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 import defectdet.engine.train.distributed as ddp
 from defectdet import __version__
 from defectdet.config import TrainConfig, from_dict, to_dict, to_yaml, upgrade, validate
-from defectdet.console import err, out
+from defectdet.console import out
 from defectdet.data.augment import (
     CopyPaste,
     build_minority_transforms,
@@ -38,12 +35,15 @@ from defectdet.engine.evaluate.metrics import MetricsResult
 from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.progress import RateProgress, print_sampling
+from defectdet.engine.train.budget import BudgetMixin
+from defectdet.engine.train.finish import CalibrationMixin
 from defectdet.engine.train.history import History
+from defectdet.engine.train.interrupt import ResumableSampler, _GracefulInterrupt
+from defectdet.engine.train.mining import MiningMixin
 from defectdet.engine.train.schedule import (
     build_ema,
     build_optimizer,
     build_scheduler,
-    set_total_steps,
 )
 from defectdet.engine.train.setup import Resolved, load_run_data, new_run_dir, resolve
 from defectdet.errors import CheckpointError, ConfigError, DefectdetError
@@ -112,7 +112,10 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
     return run_dir, ckpt
 
 
-class Trainer:
+class Trainer(BudgetMixin, MiningMixin, CalibrationMixin):
+    """One training run: set-up, the loop, checkpoints; the time budget, mining and the final
+    calibration come from their mixins."""
+
     def __init__(
         self, cfg: TrainConfig, info: ddp.DistInfo, resume: tuple[Path, dict] | None = None
     ):
@@ -351,47 +354,6 @@ class Trainer:
             return True
         return bool(self.cfg.run.max_steps) and step >= self.cfg.run.max_steps
 
-    # ------------------------------------------------------------------ time budget
-    PROBE_STEPS = 8  # steps timed (after 2 warm-up ones) before the first fit
-
-    def _budget_probe(self) -> None:
-        """Fit the schedule to the budget once the first steps have been timed."""
-        if not self.budget or len(self._probe) > self.PROBE_STEPS + 2:
-            return
-        self._probe.append(self.clock())
-        if len(self._probe) == self.PROBE_STEPS + 2:
-            per_step = (self._probe[-1] - self._probe[1]) / self.PROBE_STEPS
-            self._fit_budget(per_step)
-            self._probe.append(self._probe[-1])  # done
-
-    def _fit_budget(self, per_step: float) -> None:
-        """Steps that fit in what is left of the budget at ``per_step`` seconds each, keeping
-        room for the validations still to come and the final validation and calibration; the
-        learning-rate schedule is redefined over them (warm-up and cosine end on time)."""
-        spent = self.state["elapsed"] + (self.clock() - self._epoch_start)
-        per_epoch = max(len(self.loader), 1)
-        val = self._val_seconds or 0.05 * self.budget  # before the first validation: 5 %
-        left_epochs = max(self.state["epochs"] - self.state["epoch"], 1)
-        validations = math.ceil(left_epochs / max(self.cfg.run.eval_interval, 1))
-        reserve = val * (validations + 1)  # the last one, then calibration
-        steps = max(int((self.budget - spent - reserve) / max(per_step, 1e-9)), 1)
-        total = self.state["global_step"] + steps
-        if self.cfg.run.max_steps:
-            total = min(total, self.cfg.run.max_steps)
-        epochs = math.ceil(total / per_epoch)
-        self.state.update(total_steps=total, epochs=epochs)
-        self._set_schedule(total)
-        self.resolved.schedule = {
-            "time_budget_minutes": self.cfg.optim.time_budget,
-            "seconds_per_step": round(per_step, 4),
-            "total_steps": total,
-            "epochs": epochs,
-        }
-
-    def _set_schedule(self, total_steps: int) -> None:
-        """Warm-up and decay defined over ``total_steps`` (from where training stands)."""
-        set_total_steps(self.scheduler, self.cfg.optim, total_steps)
-
     def _diverged_message(self, value: float) -> str:
         s = self.state
         return (
@@ -423,70 +385,6 @@ class Trainer:
             stop = self._record(epoch, losses, metrics, seconds, mining)
         stop = bool(ddp.broadcast(self.info, stop))
         return stop or self._out_of_steps()
-
-    def _mine_if_due(self, epoch: int, validated: bool) -> dict[str, float] | None:
-        """Hard-negative mining after a validation and at least every ``--mine-interval``
-        epochs (not after the last): rank 0 scores, every rank gets the scores."""
-        cfg = self.cfg.sampler
-        if not cfg.hard_negatives or self._out_of_steps() or epoch + 1 >= self.state["epochs"]:
-            return None
-        if not (validated or (epoch + 1) % cfg.mine_interval == 0):
-            return None
-        result = self._mine() if self.info.is_main else None
-        result = ddp.broadcast(self.info, result)
-        if result is None:
-            return None
-        scores, stats = result
-        self.sampler.inner.set_hardness(scores)
-        return stats
-
-    def _mine(self) -> tuple[np.ndarray, dict[str, float]] | None:
-        """Score defect-free training images (all, or a random ``--mine-max`` of them) with the
-        current model in eval mode, batched and without gradients: their best box score, and
-        the share flagged at the operating thresholds (the mined false-alarm rate)."""
-        from defectdet.engine.calibrate.operating_point import CALIBRATION_FLOOR
-        from defectdet.engine.evaluate.score import detect_catalog
-        from defectdet.engine.inference.run import Inference
-
-        t0 = time.perf_counter()
-        train, cfg = self.data.train, self.cfg
-        rows = np.flatnonzero(train.background_mask())
-        if not len(rows):
-            return None
-        if cfg.sampler.mine_max and len(rows) > cfg.sampler.mine_max:
-            rng = np.random.default_rng([cfg.run.seed, self.state["epoch"], 7])
-            rows = np.sort(rng.choice(rows, cfg.sampler.mine_max, replace=False))
-        ids = train.images["image_id"].to_numpy()
-        spec = self.resolved.spec
-        detector = TorchDetector(
-            self.model,
-            spec.class_names,
-            spec.image_size,
-            self.device,
-            self.amp,
-            self.channels_last,
-        )
-        inference = Inference(detector, cfg.infer, floor=CALIBRATION_FLOOR)
-        rt = cfg.runtime()
-        found = {
-            d.image_id: (
-                float(d.scores.max(initial=0.0)),
-                bool(d.passed(inference.thresholds).any()),
-            )
-            for d in detect_catalog(inference, train.subset(ids[rows]), rt.batch_size, rt.workers)
-        }
-        previous = self.sampler.inner.hardness
-        scores = previous.copy() if previous is not None else np.full(len(ids), np.nan)
-        flagged = []
-        for r in rows:
-            score, passed = found.get(int(ids[r]), (0.0, False))
-            scores[r] = score
-            flagged.append(passed)
-        stats = {
-            "mined_false_alarm_rate": float(np.mean(flagged)),
-            "mine_seconds": round(time.perf_counter() - t0, 2),
-        }
-        return scores, stats
 
     def validate(self) -> MetricsResult:
         """The model scored on the validation split by the same path as ``evaluate``."""
@@ -573,75 +471,3 @@ class Trainer:
             f"weights in {self.run_dir / 'weights'}"
         )
         self._calibrate()
-
-    def _calibrate(self) -> None:
-        """Choose best.pt's operating point on the validation split (``--target-recall``,
-        ``--max-false-alarms``, default max F1) and store it in best.pt and resolved.yaml."""
-        from defectdet.engine.calibrate.render import render_operating_point
-        from defectdet.engine.calibrate.run import calibrate_detector, with_operating_point
-        from defectdet.model import load_model
-
-        best = self.run_dir / "weights" / "best.pt"
-        if not self.data.val.num_images or not best.is_file():
-            return
-        ckpt = load_checkpoint(best)
-        model, spec = load_model(ckpt, self.device, where=str(best))
-        detector = TorchDetector(
-            model, spec.class_names, spec.image_size, self.device, self.amp, self.channels_last
-        )
-        rt = self.cfg.runtime()
-        op = calibrate_detector(
-            detector, self.data.val, self.cfg.calibrate, "validation", rt.batch_size, rt.workers
-        )
-        save_checkpoint(best, {**ckpt, **with_operating_point(ckpt, op)})
-        resolved = self.resolved.to_dict() | {"operating_point": op.to_dict()}
-        write_text(self.run_dir / "resolved.yaml", to_yaml(resolved))
-        render_operating_point(op, out)
-        out.print("best.pt holds these thresholds: predict, evaluate and export use them")
-
-
-class ResumableSampler(torch.utils.data.Sampler[int]):
-    """An :class:`EpochSampler` whose epoch can start ``skip`` indices in (mid-epoch resume)."""
-
-    def __init__(self, inner: EpochSampler):
-        self.inner, self.skip = inner, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
-
-    def __iter__(self):
-        return iter(self.inner.indices[self.skip :].tolist())
-
-    def __len__(self) -> int:
-        return max(len(self.inner) - self.skip, 0)
-
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state)
-
-
-class _GracefulInterrupt:
-    """First Ctrl-C: finish the step, save, stop. Second: stop at once."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer, self.previous = trainer, None
-
-    def _handler(self, signum, frame) -> None:
-        if self.trainer._stop_requested:
-            raise KeyboardInterrupt
-        self.trainer._stop_requested = True
-        err.print(
-            "[yellow]interrupt: finishing this step and saving a resumable checkpoint "
-            "(Ctrl-C again to stop at once)[/]"
-        )
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
