@@ -20,22 +20,26 @@ def _interval(e: Evidence) -> str:
     return f"{e.recall_low:.1%}–{e.recall_high:.1%}"
 
 
+COLUMNS = (
+    "",
+    "threshold",
+    "examples",
+    "found",
+    "recall",
+    "95% interval",
+    "precision",
+    "false alarms on good parts",
+)
+"""The operating-point table's columns (the console and the HTML report show the same)."""
+
+
 def render_operating_point(op: OperatingPoint, console: Console) -> None:
     """The table and notes of ``op``."""
     t = Table(
         title=f"operating point: {escape(op.objective)} (chosen on split {op.split})",
         title_justify="left",
     )
-    for col in (
-        "",
-        "threshold",
-        "examples",
-        "found",
-        "recall",
-        "95% interval",
-        "precision",
-        "false alarms on good parts",
-    ):
+    for col in COLUMNS:
         t.add_column(col, justify="left" if not col else "right")
     for e in [*op.classes, op.image]:
         t.add_row(

@@ -67,23 +67,26 @@ def _thresholds_line(report: dict, console: Console) -> None:
         console.print(f"thresholds: {escape(source)}")
 
 
+CLASS_COLUMNS = (
+    "class",
+    "instances",
+    "AP",
+    "AP50",
+    "threshold",
+    "recall",
+    "95% interval",
+    "precision",
+    "false alarms / image",
+)
+"""The per-class table's columns (the console and the HTML report show the same)."""
+
+
 def _class_table(report: dict) -> Table:
     t = Table(
         title="per class at the thresholds (IoU 0.5; recall with its 95% interval)",
         title_justify="left",
     )
-    cols = (
-        "class",
-        "instances",
-        "AP",
-        "AP50",
-        "threshold",
-        "recall",
-        "95% interval",
-        "precision",
-        "false alarms / image",
-    )
-    for col in cols:
+    for col in CLASS_COLUMNS:
         t.add_column(col, justify="left" if col == "class" else "right")
     for c in report["metrics"]["classes"]:
         t.add_row(

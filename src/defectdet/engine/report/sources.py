@@ -72,7 +72,7 @@ def kind_of(path: Path) -> str:
 def metrics_sections(report: dict, galleries: list[Path] = ()) -> list[Section]:
     """Per-class table, image level, PR curves, thresholds, ROC, confusion matrix, galleries,
     from an evaluate report (``evaluation.json``) or a checkpoint's metrics."""
-    from defectdet.engine.evaluate.render import evaluation_figures
+    from defectdet.engine.evaluate.render import CLASS_COLUMNS, evaluation_figures
 
     m = report["metrics"]
     figures = evaluation_figures(report)
@@ -82,17 +82,7 @@ def metrics_sections(report: dict, galleries: list[Path] = ()) -> list[Section]:
         "(with its 95% interval), precision and false alarms per image are what the line gets at "
         "the threshold shown.",
     )
-    head = [
-        "class",
-        "instances",
-        "AP",
-        "AP50",
-        "threshold",
-        "recall",
-        "95% interval",
-        "precision",
-        "false alarms / image",
-    ]
+    head = list(CLASS_COLUMNS)
     rows = []
     for c in m["classes"]:
         low, high = c.get("recall_low"), c.get("recall_high")
@@ -262,16 +252,9 @@ def operating_point_section(op: dict) -> Section:
         f"Thresholds chosen for '{op['objective']}' on split {op['split']}; the interval says how "
         "far the recall on new parts may fall from what the split showed.",
     )
-    head = [
-        "",
-        "threshold",
-        "examples",
-        "found",
-        "recall",
-        "95% interval",
-        "precision",
-        "false alarms on good parts",
-    ]
+    from defectdet.engine.calibrate.render import COLUMNS
+
+    head = list(COLUMNS)
     rows = []
     for e in [*op["classes"], op["image"]]:
         low = e.get("recall_low")
