@@ -93,3 +93,29 @@ def test_evaluate_measures_false_alarms_on_good_parts(tmp_path: Path) -> None:
     assert report["metrics"]["image_level"]["ok_images"] == 2 + 6
     strict = json.loads(runner.invoke(app, [*args, "--conf", "1.0"]).stdout)
     assert strict["negatives"][str(folder)]["flagged"] == 0
+
+
+def test_train_reports_the_good_parts_per_folder(tmp_path: Path) -> None:
+    from conftest import TINY_MODEL_ARGS
+
+    data = make_easy_dataset(tmp_path / "data")
+    folder = tmp_path / "good"
+    write_images(folder, 10)
+    args = [
+        "train",
+        str(data),
+        "--negatives",
+        str(folder),
+        "--project",
+        str(tmp_path / "r"),
+        "--epochs",
+        "1",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        *TINY_MODEL_ARGS,
+    ]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"8 from --negatives {folder}" in " ".join(res.output.split())  # 80 % of 10 to train

@@ -451,6 +451,10 @@ class Trainer(BudgetMixin, MiningMixin, CalibrationMixin):
             + (f" γ={cfg.loss.gamma:g} α={cfg.loss.alpha:g}" if cfg.loss.loss == "focal" else "")
         )
         print_sampling(self.sampler.inner.stats(), self.resolved.spec.class_names)
+        train_ids = set(self.data.train.images["image_id"])
+        for folder, ids in self.data.catalog.negatives.items():
+            n = len(train_ids.intersection(ids))
+            out.print(f"  of the defect-free images, {n} from --negatives {folder}")
         if self.state["global_step"]:
             out.print(
                 f"resuming at epoch {self.state['epoch'] + 1}, step "
