@@ -192,7 +192,9 @@ def test_summary_json_counts_what_the_files_hold(tmp_path: Path, weights: Path) 
     assert summary["threshold_source"] == "--conf and --class-conf"
     assert summary["out"] == str(out)
     assert summary["seconds"] > 0
-    assert summary["images_per_s"] == pytest.approx(4 / summary["seconds"], rel=0.01)
+    # Both are rounded (seconds to 1 ms): on a fast run that alone moves the ratio by ~1 %.
+    rounding = 0.0005 / summary["seconds"] + 0.005 / summary["images_per_s"]
+    assert summary["images_per_s"] == pytest.approx(4 / summary["seconds"], rel=0.01 + rounding)
     timings = summary["timings_s"]
     assert set(timings) == {"wait_for_data", "model", "postprocess", "write"}
     assert all(v >= 0 for v in timings.values()) and timings["model"] > 0
