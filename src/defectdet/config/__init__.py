@@ -10,18 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from defectdet.config.commands import CalibrateRunConfig, PredictConfig
 from defectdet.config.files import load_yaml, safe_yaml, to_yaml
 from defectdet.config.options import (
     DEFAULT_CONF,
     AugmentConfig,
     CalibrateConfig,
-    CalibrateRunConfig,
     DataConfig,
     InferConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
-    PredictConfig,
     RunConfig,
     RuntimeConfig,
     SamplerConfig,

@@ -13,6 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from defectdet.config import values as v
+from defectdet.config.checks import (
+    SELECT_METRICS,
+    check_class_conf,
+    check_class_weights,
+    check_coco,
+    check_device,
+    check_image_size,
+    check_levels,
+    check_select_metric,
+    check_target_recall,
+    check_tile,
+)
 from defectdet.config.schema import opt
 from defectdet.errors import ConfigError
 
@@ -32,66 +44,6 @@ DEFAULT_CONF = 0.25
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
 FORMATS = ("auto", "coco", "voc", "yolo", "csv")
-SELECT_METRICS = (
-    "mean_class_ap50",
-    "map50",
-    "map",
-    "defect_recall",
-    "balanced_accuracy",
-    "auroc",
-    "accuracy",
-)
-"""Validation metrics that can choose ``best.pt`` (higher is better); ``ap50_<class>`` too."""
-
-
-def _check_image_size(value: int) -> None:
-    if value and (value < 32 or value % 32):
-        low = max(32, value // 32 * 32)
-        raise ValueError(f"must be 0 or a multiple of 32 (try {low} or {low + 32})")
-
-
-def _check_select_metric(value: str) -> None:
-    if value not in SELECT_METRICS and not (value.startswith("ap50_") and len(value) > 5):
-        raise ValueError("not a validation metric")
-
-
-def _check_class_conf(value: str) -> None:
-    v.parse_number_map(value, "--class-conf", 0.0, 1.0)
-
-
-def _check_target_recall(value: str) -> None:
-    v.parse_targets(value)
-
-
-def _check_levels(value: str) -> None:
-    v.parse_levels(value)
-
-
-def _check_class_weights(value: str) -> None:
-    v.parse_class_weights(value)
-
-
-def _check_tile(value: int) -> None:
-    if 0 < value < 32:
-        raise ValueError("below 32 px")
-
-
-def _check_device(value: str) -> None:
-    v.parse_device(value)
-
-
-def _check_coco(m: ModelConfig) -> None:
-    """COCO weights exist for one architecture only: torchvision's retinanet_resnet50_fpn."""
-    want = {"backbone": "resnet50", "head": "v1", "fpn_channels": 256, "head_convs": 4}
-    wrong = [f"{k}={getattr(m, k)}" for k, w in want.items() if getattr(m, k) != w]
-    if m.levels.replace(" ", "") != "3-7":
-        wrong.append(f"levels={m.levels}")
-    if wrong:
-        raise ConfigError(
-            "--weights coco loads torchvision's retinanet_resnet50_fpn, which needs backbone "
-            "resnet50, head v1, fpn_channels 256, head_convs 4 and levels 3-7; this config has "
-            f"{', '.join(wrong)}. Use --backbone-weights imagenet instead."
-        )
 
 
 # Options that appear in more than one section are defined once here.
@@ -115,7 +67,7 @@ def _device(panel: str) -> Any:
     return opt(
         "auto",
         "auto, cpu, cuda or cuda:N.",
-        check=_check_device,
+        check=check_device,
         allowed="auto, cpu, cuda or cuda:N",
         panel=panel,
     )
@@ -168,7 +120,7 @@ class ModelConfig:
     levels: str = opt(
         "3-7",
         "Pyramid levels, e.g. 3-7 (torchvision) or 3-5 for small images.",
-        check=_check_levels,
+        check=check_levels,
         allowed="LOW-HIGH with LOW 2 or 3 and HIGH 5, 6 or 7",
         panel=_M,
     )
@@ -176,7 +128,7 @@ class ModelConfig:
         0,
         "Longest side fed to the model (0 = from the data).",
         low=0,
-        check=_check_image_size,
+        check=check_image_size,
         allowed="0 (from the data) or a multiple of 32",
         panel=_M,
     )
@@ -214,7 +166,7 @@ class LossConfig:
     class_weights: str = opt(
         "none",
         "none, inverse, sqrt-inverse, effective[:BETA] or name=W,...",
-        check=_check_class_weights,
+        check=check_class_weights,
         allowed="none, inverse, sqrt-inverse, effective[:BETA] or name=W,... (W ≥ 0)",
         panel=_L,
     )
@@ -360,7 +312,7 @@ class RunConfig:
     select_metric: str = opt(
         "mean_class_ap50",
         "Validation metric choosing best.pt: " + ", ".join(SELECT_METRICS) + " or ap50_CLASS.",
-        check=_check_select_metric,
+        check=check_select_metric,
         allowed=", ".join(SELECT_METRICS) + " or ap50_<class>",
         panel=_R,
     )
@@ -385,7 +337,7 @@ class InferConfig:
     class_conf: str = opt(
         "",
         "Per-class thresholds overriding --conf, e.g. 'scratch=0.5,crack=0.15'.",
-        check=_check_class_conf,
+        check=check_class_conf,
         allowed="name=T,... with 0 ≤ T ≤ 1",
         panel=_T,
     )
@@ -416,7 +368,7 @@ class TileConfig:
         "Tile large images: tiles of SIZE px of the original, each run at the model's resolution, "
         "boxes merged by NMS (0 = off: the whole image is resized).",
         low=0,
-        check=_check_tile,
+        check=check_tile,
         allowed="0 (off) or at least 32",
         panel="Input",
     )
@@ -434,7 +386,7 @@ class CalibrateConfig:
         "",
         "Recall to reach: R for every class, or per class 'crack=0.99,scratch=0.9' (box recall "
         "at IoU 0.5; with --level image, the share of defective images caught).",
-        check=_check_target_recall,
+        check=check_target_recall,
         allowed="R or name=R,... with 0 < R ≤ 1",
         panel=_C,
     )
@@ -474,30 +426,9 @@ class TrainConfig:
     def cross_check(self) -> None:
         """Rules between options; raises ConfigError."""
         if self.model.weights == "coco":
-            _check_coco(self.model)
+            check_coco(self.model)
         self.calibrate.cross_check()
 
     def runtime(self) -> RuntimeConfig:
         """The inference runtime of train-time validation (the run's own batch, workers, device)."""
         return RuntimeConfig(self.optim.batch_size, self.run.workers, self.run.device)
-
-
-@dataclass
-class PredictConfig:
-    """What ``predict`` and ``evaluate`` take besides the data and the output options."""
-
-    infer: InferConfig = field(default_factory=InferConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    tiles: TileConfig = field(default_factory=TileConfig)
-
-
-@dataclass
-class CalibrateRunConfig:
-    """What ``calibrate`` takes besides the data, the weights and the output."""
-
-    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    tiles: TileConfig = field(default_factory=TileConfig)
-
-    def cross_check(self) -> None:
-        self.calibrate.cross_check()

@@ -14,13 +14,11 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 import defectdet.engine.train.distributed as ddp
-from defectdet import __version__
 from defectdet.config import TrainConfig, from_dict, to_dict, to_yaml, upgrade, validate
 from defectdet.console import out
 from defectdet.data.augment import (
@@ -36,6 +34,7 @@ from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.progress import RateProgress, print_sampling
 from defectdet.engine.train.budget import BudgetMixin
+from defectdet.engine.train.checkpointing import CheckpointMixin
 from defectdet.engine.train.finish import CalibrationMixin
 from defectdet.engine.train.history import History
 from defectdet.engine.train.interrupt import ResumableSampler, _GracefulInterrupt
@@ -60,7 +59,6 @@ from defectdet.model import (
 )
 from defectdet.model.device import amp_dtype, to_model_input
 from defectdet.model.pretrained import load_initial_weights
-from defectdet.model.restore import training_state
 
 PROVISIONAL_STEPS = 10**6
 """The schedule's length under --time-budget until the first steps have been timed."""
@@ -112,7 +110,7 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
     return run_dir, ckpt
 
 
-class Trainer(BudgetMixin, MiningMixin, CalibrationMixin):
+class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
     """One training run: set-up, the loop, checkpoints; the time budget, mining and the final
     calibration come from their mixins."""
 
@@ -219,55 +217,6 @@ class Trainer(BudgetMixin, MiningMixin, CalibrationMixin):
         per_epoch = math.ceil(len(self.sampler) / self.cfg.optim.batch_size)
         total = per_epoch * self.cfg.optim.epochs
         return min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
-
-    # ------------------------------------------------------------------ checkpoints
-    def _payload(self, full: bool, metrics: MetricsResult | None = None) -> dict[str, Any]:
-        # With --ema the averaged weights are the model (validated, best.pt); last.pt also
-        # keeps the raw ones to train on.
-        evaluated = self.ema.module if self.ema is not None and not full else self.model
-        payload: dict[str, Any] = {
-            "kind": "defectdet-checkpoint",
-            "version": __version__,
-            "model": evaluated.state_dict(),
-            "config": to_dict(self.cfg),
-            **self.resolved.to_dict(),
-            "classes": list(self.resolved.spec.class_names),
-            "epoch": self.state["epoch"],
-            "metrics": metrics.to_dict() if metrics is not None else {},
-        }
-        if full:
-            payload |= {
-                "state": dict(self.state),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "sampler": self.sampler.state_dict(),
-                "history": self.history.rows,
-                "rng": {"torch": torch.get_rng_state()},
-            }
-            if self.ema is not None:
-                payload["ema"] = self.ema.state_dict()
-        return payload
-
-    def _load_state(self, ckpt: dict, source: str | Path) -> None:
-        try:
-            self.model.load_state_dict(training_state(ckpt["model"]))
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.scheduler.load_state_dict(ckpt["scheduler"])
-            self.scaler.load_state_dict(ckpt["scaler"])
-            self.sampler.load_state_dict(ckpt["sampler"])
-            if self.ema is not None:
-                self.ema.load_state_dict(ckpt["ema"])
-            self.state.update(ckpt["state"])
-            self._set_schedule(self.state["total_steps"])
-            self.history.rows = list(ckpt.get("history", []))
-            torch.set_rng_state(ckpt["rng"]["torch"])
-        except (KeyError, IndexError, AttributeError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"cannot resume from {source}: {exc}") from exc
-
-    def _save_last(self) -> None:
-        if self.info.is_main:
-            save_checkpoint(self.run_dir / "weights" / "last.pt", self._payload(full=True))
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
