@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_RUN ?= runs/demo
+DEMO_MINUTES ?= 5
 
 .PHONY: install test lint format demo bench clean docker-smoke
 
@@ -30,9 +31,9 @@ test: lint
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
 	$(VENV)/bin/defectdet analyze data_samples --json $(DEMO_RUN)/analysis.json --plot $(DEMO_RUN)/analysis.png
-	$(VENV)/bin/defectdet train data_samples --epochs 8 --image-size 128 --fpn-channels 64 \
-		--head-convs 2 --levels 3-5 --anchors auto --optimizer adamw --lr 0.002 --batch-size 16 \
-		--sampler repeat-factor --workers 1 --project $(DEMO_RUN) --name train
+	# train exactly as analyze advises (its recipe line), for DEMO_MINUTES of CPU time
+	$(VENV)/bin/$$($(PY) -c "import json; print(json.load(open('$(DEMO_RUN)/analysis.json'))['recipe']['command'])") \
+		--time-budget $(DEMO_MINUTES) --project $(DEMO_RUN) --name train
 	$(VENV)/bin/defectdet predict data_samples/images --weights $(DEMO_RUN)/train/weights/best.pt \
 		--out $(DEMO_RUN)/predict --workers 0
 	$(VENV)/bin/defectdet evaluate data_samples --weights $(DEMO_RUN)/train/weights/best.pt \

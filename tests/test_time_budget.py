@@ -51,3 +51,35 @@ def test_budget_fixes_the_steps_and_anneals(tmp_path: Path, monkeypatch, per_ste
     assert schedule["epochs"] == -(-schedule["total_steps"] // 8) > 1  # more than --epochs 1
     lr = load_checkpoint(run / "weights" / "last.pt")["optimizer"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(cfg.optim.lr * COSINE_FLOOR, rel=0.05)  # annealed to the floor
+
+
+@pytest.mark.slow
+def test_slow_validations_are_thinned_to_fit_the_budget(tmp_path: Path, monkeypatch):
+    """A validation costing 8 training steps would take half of a 60 s budget if it ran every
+    epoch: the budget thins them to at most 15 % and still ends on time, annealed."""
+    data = make_easy_dataset(tmp_path / "data", repeat=4)  # 8 steps an epoch at batch 4
+    clock = FakeClock(1.0)
+    step_original, validate_original = train_module.Trainer._step, train_module.Trainer.validate
+
+    def step(self, images, targets):
+        clock.now += clock.per_step
+        return step_original(self, images, targets)
+
+    def validate(self):
+        clock.now += 8.0
+        return validate_original(self)
+
+    monkeypatch.setattr(train_module.Trainer, "clock", staticmethod(clock))
+    monkeypatch.setattr(train_module.Trainer, "_step", step)
+    monkeypatch.setattr(train_module.Trainer, "validate", validate)
+    cfg = tiny_config(data, tmp_path, optim__epochs=1, optim__time_budget=1.0, optim__lr=0.01)
+    cfg.optim.warmup_iters = 3
+    run = train(cfg)
+    schedule = load_yaml(run / "resolved.yaml")["schedule"]
+    import pandas as pd
+
+    validated = pd.read_csv(run / "metrics.csv")["map50"].notna().sum()
+    assert schedule["eval_interval"] > 1  # thinned from --eval-interval 1
+    assert validated <= 2  # one periodic at most (15 % of 60 s / 8 s), then the last
+    assert clock.now <= 60  # ended on time, last validation included
+    assert schedule["total_steps"] >= 30  # and the rest of the budget went to training

@@ -106,6 +106,8 @@ def test_learns_to_high_ap50_and_writes_the_run_folder(tmp_path: Path):
     assert final["ap50_white"] >= 0.6 and final["ap50_black"] >= 0.6
     assert final["defect_recall"] == 1.0
     saved = load_config(run / "config.yaml")  # the user's options, loadable with --config
+    assert saved.model.preset == "none"  # a config from the Python API is taken as it stands
+    saved.model.preset = cfg.model.preset
     assert saved == cfg and saved.optim.epochs == 15
     resolved = load_yaml(run / "resolved.yaml")  # what the data decided, apart
     assert resolved["model_spec"]["class_names"] == ["white", "black"]

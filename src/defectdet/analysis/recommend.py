@@ -9,6 +9,7 @@ re-exported here) and ``--class-weights SPEC`` uses :func:`class_weights`, so wh
 from __future__ import annotations
 
 import math
+import shlex
 
 import numpy as np
 
@@ -170,7 +171,7 @@ def _imbalance_advice(report: dict) -> list[str]:
     if ratio is None or ratio < IMBALANCE_WORTH_FIXING:
         return []
     t = report["repeat_threshold"]
-    if any(c["repeat_factor"] > 1.0 for c in report["classes"]):
+    if _repeat_worth_it(report):
         grow = ""
         after = round(report.get("repeat_epoch_images") or 0)
         if after > report["num_images"]:
@@ -182,20 +183,34 @@ def _imbalance_advice(report: dict) -> list[str]:
     return [f"Imbalance ratio {ratio:.0f}x: try `--class-weights effective` (weights in the table)"]
 
 
+def _background_keep(report: dict) -> float | None:
+    """The --background-fraction worth setting (None: keep them all)."""
+    share = report.get("background_share")
+    if share is None or report["num_images"] == 0 or share < MOSTLY_BACKGROUND:
+        return None
+    # Keep about as many background images per epoch as there are defect images.
+    keep = min(1.0, max(0.1, round((1 - share) / share, 1)))
+    return None if keep >= 1.0 else keep
+
+
+def _repeat_worth_it(report: dict) -> bool:
+    ratio = report.get("imbalance_ratio")
+    return (
+        ratio is not None
+        and ratio >= IMBALANCE_WORTH_FIXING
+        and any(c["repeat_factor"] > 1.0 for c in report["classes"])
+    )
+
+
 def _background_advice(report: dict) -> list[str]:
     share = report.get("background_share")
-    if share is None or report["num_images"] == 0:
-        return []
-    if share == 0:
+    if share == 0 and report["num_images"]:
         return [
             "No defect-free images: the model never sees a good part and will raise false "
             "alarms; add images without defects"
         ]
-    if share < MOSTLY_BACKGROUND:
-        return []
-    # Keep about as many background images per epoch as there are defect images.
-    keep = min(1.0, max(0.1, round((1 - share) / share, 1)))
-    if keep >= 1.0:
+    keep = _background_keep(report)
+    if keep is None:
         return []
     return [
         f"{_pct(share)} of images are defect-free: `--background-fraction {keep:g}` keeps a "
@@ -214,6 +229,68 @@ def _size_advice(report: dict) -> list[str]:
         f"{_pct(b['small'] / total)} of boxes are small (under 32x32 px): use `--anchors auto` "
         f"(anchors fitted to your boxes) and do not shrink images{at}"
     ]
+
+
+SMALL_AT_INPUT = 12.0
+"""Median box side (px at the model's input) below which small defects are hard to learn."""
+COPY_PASTE = 0.5
+
+
+def recipe(
+    report: dict,
+    preset: str,
+    image_size: int,
+    box_fraction: float | None,
+    source: str | None = None,
+) -> dict:
+    """The ``defectdet train`` command the advice ends in: ``preset`` with the remedies this data
+    calls for (the same rules as the advice lines), the input size the preset's rule gives on
+    this data, and the median box side there (px)."""
+    data = shlex.quote(str(source or report["root"]))
+    args = ["defectdet", "train", data, "--preset", preset]
+    for folder in report.get("negatives") or {}:
+        args += ["--negatives", shlex.quote(str(folder))]
+    ratio = report.get("imbalance_ratio")
+    if _repeat_worth_it(report):
+        args += [
+            "--sampler",
+            "repeat-factor",
+            "--repeat-threshold",
+            f"{report['repeat_threshold']:.3g}",
+        ]
+    if ratio is not None and ratio >= IMBALANCE_WORTH_FIXING:
+        args += ["--copy-paste", f"{COPY_PASTE:g}"]  # pastes rare defects onto other parts
+    keep = _background_keep(report)
+    if keep is not None:
+        args += ["--background-fraction", f"{keep:g}"]
+    box = None if box_fraction is None else round(box_fraction * image_size, 1)
+    return {
+        "preset": preset,
+        "image_size": image_size,
+        "median_box_px": box,
+        "command": " ".join(args),
+    }
+
+
+def _recipe_advice(report: dict) -> list[str]:
+    r = report.get("recipe")
+    if not r:
+        return []
+    line = (
+        f"Recipe for this machine: `{r['command']}` (preset {r['preset']}; input "
+        f"{r['image_size']} px on this data"
+    )
+    if r["median_box_px"] is not None:
+        line += f", where the median box is {r['median_box_px']:g} px"
+    out = [line + ")"]
+    native = report.get("suggested_image_size")
+    if r["median_box_px"] is not None and r["median_box_px"] < SMALL_AT_INPUT:
+        more = f"`--image-size {native}` (native)" if native and native > r["image_size"] else ""
+        out.append(
+            f"Boxes are tiny at {r['image_size']} px: add `--time-budget` minutes and "
+            f"{more or 'a larger --image-size'} if the rare class stays unseen"
+        )
+    return out
 
 
 def _split_advice(report: dict) -> list[str]:
@@ -253,6 +330,7 @@ def advice(report: dict) -> list[str]:
             "judge models by per-class AP and defect recall, not accuracy"
         )
     out += _split_advice(report)
+    out += _recipe_advice(report)
     problems = report.get("problems") or {}
     if problems:
         kinds = ", ".join(f"{k}: {n}" for k, n in problems.items())

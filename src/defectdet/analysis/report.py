@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from defectdet.analysis import recommend, stats
+from defectdet.config.presets import PRESETS
 from defectdet.data.catalog import Catalog
 
 
@@ -65,13 +66,31 @@ def _splits(catalog: Catalog, occ: stats.Occurrence) -> dict[str, dict]:
     }
 
 
+def _median_box_fraction(catalog: Catalog, table) -> float | None:
+    """Median box side (sqrt area) as a fraction of its image's longer side."""
+    if not len(table):
+        return None
+    images = catalog.images
+    longer = np.maximum(images["width"].to_numpy(np.float64), images["height"].to_numpy(np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = table["side"].to_numpy() / longer[table["row"].to_numpy()]
+    frac = frac[np.isfinite(frac)]
+    return float(np.median(frac)) if len(frac) else None
+
+
 def build_report(
-    catalog: Catalog, repeat_threshold: float | None = None, beta: float = recommend.DEFAULT_BETA
+    catalog: Catalog,
+    repeat_threshold: float | None = None,
+    beta: float = recommend.DEFAULT_BETA,
+    preset: str = "s",
+    source: str | None = None,
 ) -> dict:
     """Everything ``defectdet analyze`` knows about a catalogue, as plain JSON types.
 
     ``repeat_threshold`` None chooses one with :func:`recommend.choose_repeat_threshold`;
-    ``beta`` is the effective-number β behind each class's ``class_weight``.
+    ``beta`` is the effective-number β behind each class's ``class_weight``; ``preset`` is the
+    one the advised ``train`` command names (its input size rule applied to this data), on
+    ``source`` (the data as the user named it; default the catalogue's root).
     """
     k, n_img = catalog.num_classes, catalog.num_images
     table = stats.box_table(catalog)
@@ -111,5 +130,9 @@ def build_report(
         "splits": _splits(catalog, occ),
         "problems": dict(catalog.problems.counts()),
     }
+    cap = PRESETS[preset].values["max_image_size"] if preset in PRESETS else 1024
+    size = stats.model_input_size(catalog.images, 0, cap)
+    fraction = _median_box_fraction(catalog, table)
+    report["recipe"] = recommend.recipe(report, preset, size, fraction, source)
     report["advice"] = recommend.advice(report)
     return report

@@ -166,6 +166,12 @@ def suggested_image_size(images: pd.DataFrame) -> int | None:
     return max(64, round(float(np.median(longer)) / 32.0) * 32)
 
 
+def model_input_size(images: pd.DataFrame, image_size: int = 0, max_image_size: int = 1024) -> int:
+    """The longest side fed to the model: ``image_size`` when given, else the data's
+    :func:`suggested_image_size` (512 without images) capped at ``max_image_size``."""
+    return image_size or min(suggested_image_size(images) or 512, max_image_size)
+
+
 def size_histogram(
     side: np.ndarray, class_id: np.ndarray, num_classes: int, bins: int = 30
 ) -> dict[str, list]:

@@ -77,7 +77,7 @@ def compare(
       defectdet compare data/ --epochs 10 --runs "loss=ce" "loss=focal,gamma=2" \\
           "loss=focal,sampler=repeat-factor" "loss=focal,class_weights=effective"[/]
     """
-    from defectdet.config import apply, load_config
+    from defectdet.config import apply, config_names, load_config
     from defectdet.engine.compare.run import TablePoints, load_grid, parse_variant, run_compare
     from defectdet.engine.report.render import write_report
 
@@ -85,16 +85,18 @@ def compare(
         raise ConfigError(f"--far must be between 0 and 1, got {far:g}")
     if not 0 < at_recall <= 1:
         raise ConfigError(f"--at-recall must be in (0, 1], got {at_recall:g}")
-    cfg = load_config(config)
+    cfg, names = load_config(config), config_names(config)
     variants = []
     if grid is not None:
         base_updates, variants = load_grid(grid)
         cfg = apply(cfg, base_updates, str(grid))
+        names |= set(base_updates)
     texts = ([runs] if runs else []) + list(ctx.args)
     if ctx.args and not runs:
         raise ConfigError(f"unexpected arguments {' '.join(ctx.args)} (variants go after --runs)")
     variants += [parse_variant(t) for t in texts]
-    cfg = apply(cfg, {"path": str(data), **given(options)})
+    chosen = given(options)
+    cfg = apply(cfg, {"path": str(data), **chosen})
     study = Path(project) / name
-    run_compare(cfg, variants, study, TablePoints(far, at_recall))
+    run_compare(cfg, variants, study, TablePoints(far, at_recall), names | set(chosen))
     out.print(f"report: {escape(str(write_report(study, exist_ok=True)))}")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from defectdet.cli.app import FormatOpt, NegativesOpt, StrictOpt, _load, app, handle_errors
+from defectdet.cli.options import schema_options
+from defectdet.config import ModelConfig
 from defectdet.config.values import parse_number_map
 from defectdet.console import err, out
 from defectdet.errors import ConfigError
@@ -18,6 +20,7 @@ from defectdet.errors import ConfigError
 # ---------------------------------------------------------------------------- analyze
 @app.command()
 @handle_errors
+@schema_options(ModelConfig, only=("preset",), panel="Recipe")
 def analyze(
     data: Annotated[Path, typer.Argument(help="Dataset folder or annotation file.")] = Path("data"),
     fmt: FormatOpt = "auto",
@@ -40,11 +43,14 @@ def analyze(
         typer.Option(help="Check that image files exist (off: analyse annotations alone)."),
     ] = True,
     negatives: NegativesOpt = None,
+    **options: Any,
 ) -> None:
     """Class-distribution report of a dataset, and what to do about its imbalance.
 
     Instances and images per class, defect-free share, imbalance ratio, box sizes, splits,
-    repeat factors and class weights to use, and plain-language advice.
+    repeat factors and class weights to use, and plain-language advice that ends in one
+    `defectdet train` command: the preset for this machine (or --preset), the input size it
+    will use on this data, and the remedies the data calls for.
 
     [dim]Example: defectdet analyze data_samples --json report.json --plot report.png[/]
     """
@@ -52,7 +58,10 @@ def analyze(
     from defectdet.io import write_json
 
     catalog = _load(data, fmt, strict, check_images, negatives)
-    report = build_report(catalog, repeat_threshold=repeat_threshold, beta=beta)
+    recipe = _recipe_preset(options.get("preset"))
+    report = build_report(
+        catalog, repeat_threshold=repeat_threshold, beta=beta, preset=recipe, source=str(data)
+    )
     if json_path is not None and str(json_path) == "-":
         print(json.dumps(report, indent=2, default=str))
         return
@@ -63,6 +72,18 @@ def analyze(
     if plot is not None:
         plot_report(report, plot)
         err.print(f"plot written to {escape(str(plot))}")
+
+
+def _recipe_preset(preset: str | None) -> str:
+    """The preset analyze's advice names: as given, else what ``train`` would pick here."""
+    from defectdet.config import ModelConfig, apply, pick_preset, validate
+
+    name = validate(apply(ModelConfig(), {"preset": preset})).preset
+    if name != "auto":
+        return name
+    import torch
+
+    return pick_preset(cuda=torch.cuda.is_available())
 
 
 # ---------------------------------------------------------------------------- synth

@@ -49,7 +49,7 @@ def train(
       torchrun --nproc_per_node 2 -m defectdet train data/ --device cuda
       defectdet train --resume runs/train/exp[/dim]
     """
-    from defectdet.config import apply, load_config, validate
+    from defectdet.config import apply, config_names, load_config, validate
     from defectdet.engine.train.loop import Interrupted
     from defectdet.engine.train.loop import train as run_training
 
@@ -64,7 +64,7 @@ def train(
             _report(run_training(resume=resume))
             return
         cfg = apply(load_config(config), {"path": str(data) if data else None, **chosen})
-        _report(run_training(validate(cfg)))
+        _report(run_training(validate(cfg), given=config_names(config) | set(chosen)))
     except Interrupted as exc:
         err.print(f"[yellow]interrupted:[/] {escape(str(exc))}")
         raise typer.Exit(130) from None

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from defectdet.config import Option, options
+from defectdet.config import PRESETS, Option, TrainConfig, options
 
 
 def _cli_type(tp: Any) -> Any:
@@ -31,16 +31,24 @@ def _help(option: Option) -> str:
     shown = "auto" if default is None else ("''" if default == "" else default)
     if isinstance(default, bool):
         shown = "on" if default else "off"
+    train = options(TrainConfig).get(option.name)
+    preset_set = option.name in PRESETS["s"].values and train is not None
+    if preset_set and train.section == option.section:  # a train option the presets set
+        by_preset = " · ".join(f"{p.name} {p.values[option.name]}" for p in PRESETS.values())
+        shown = f"by --preset: {by_preset}; none: {shown}"
     return f"{spec.help} [dim]\\[default: {shown}][/]"
 
 
 def option_parameters(
-    cls: type, skip: Iterable[str] = (), panel: str | None = None
+    cls: type,
+    skip: Iterable[str] = (),
+    panel: str | None = None,
+    only: Iterable[str] | None = None,
 ) -> list[inspect.Parameter]:
-    """One keyword parameter per CLI option of config class ``cls``."""
+    """One keyword parameter per CLI option of config class ``cls`` (or of those in ``only``)."""
     params = []
     for name, option in options(cls).items():
-        if not option.spec.cli or name in skip:
+        if not option.spec.cli or name in skip or (only is not None and name not in only):
             continue
         decl = option.spec.flag or option.cli
         info = typer.Option(
@@ -59,11 +67,14 @@ def option_parameters(
 
 
 def schema_options(
-    *classes: type, skip: Iterable[str] = (), panel: str | None = None
+    *classes: type,
+    skip: Iterable[str] = (),
+    panel: str | None = None,
+    only: Iterable[str] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command one CLI option per schema option of ``classes`` (received in its
-    ``**options``), after its own parameters."""
-    skip = tuple(skip)
+    """Give a command one CLI option per schema option of ``classes`` (or of those in ``only``;
+    received in its ``**options``), after its own parameters."""
+    skip, only = tuple(skip), None if only is None else tuple(only)
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         own = [
@@ -71,7 +82,7 @@ def schema_options(
             for p in inspect.signature(fn, eval_str=True).parameters.values()
             if p.kind is not p.VAR_KEYWORD
         ]
-        extra = [p for cls in classes for p in option_parameters(cls, skip, panel)]
+        extra = [p for cls in classes for p in option_parameters(cls, skip, panel, only)]
         taken = {p.name for p in own}
         clash = [p.name for p in extra if p.name in taken]
         if clash:

@@ -27,11 +27,22 @@ from defectdet.config.options import (
     TileConfig,
     TrainConfig,
 )
-from defectdet.config.schema import Option, Spec, apply, from_dict, options, to_dict, validate
+from defectdet.config.presets import PRESETS, pick_preset, resolve_preset
+from defectdet.config.schema import (
+    Option,
+    Spec,
+    apply,
+    from_dict,
+    given_names,
+    options,
+    to_dict,
+    validate,
+)
 from defectdet.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONF",
+    "PRESETS",
     "AugmentConfig",
     "CalibrateConfig",
     "CalibrateRunConfig",
@@ -49,10 +60,14 @@ __all__ = [
     "TileConfig",
     "TrainConfig",
     "apply",
+    "config_names",
     "from_dict",
+    "given_names",
     "load_config",
     "load_yaml",
     "options",
+    "pick_preset",
+    "resolve_preset",
     "safe_yaml",
     "to_dict",
     "to_yaml",
@@ -102,12 +117,24 @@ def upgrade(data: Any) -> Any:
                 target = "infer" if new == "conf" else section
                 out.setdefault(target, {})[new] = value
         out.setdefault(section, {}).update(body)
+    model = out.get("model")
+    if isinstance(model, dict) and {"backbone", "fpn_channels"} <= model.keys():
+        # A whole saved model section from before presets: its values are the recipe.
+        model.setdefault("preset", "none")
     return out
 
 
 def train_config(data: dict[str, Any] | None = None, where: str = "") -> TrainConfig:
     """A validated :class:`TrainConfig` from a (saved, sectioned or flat) mapping."""
     return validate(from_dict(TrainConfig, upgrade(data or {}), where))
+
+
+def config_names(path: str | Path | None) -> set[str]:
+    """The option names a YAML config file sets (empty without a file)."""
+    if not path:
+        return set()
+    data = upgrade(load_yaml(path))
+    return given_names(TrainConfig, data) if isinstance(data, dict) else set()
 
 
 def load_config(path: str | Path | None = None) -> TrainConfig:

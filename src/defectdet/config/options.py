@@ -25,6 +25,7 @@ from defectdet.config.checks import (
     check_target_recall,
     check_tile,
 )
+from defectdet.config.presets import PRESET_CHOICES
 from defectdet.config.schema import opt
 from defectdet.errors import ConfigError
 
@@ -101,6 +102,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    preset: str = opt(
+        "auto",
+        "Recipe: n, s, m or l set the backbone, head, pyramid levels, input size cap, optimiser "
+        "and augmentation together (options you give win); auto = s on CPU (n for a "
+        "--time-budget of 10 min or less), m on a GPU; none = the plain defaults below.",
+        choices=PRESET_CHOICES,
+        panel=_M,
+    )
     backbone: str = opt(
         "resnet18", "Backbone: " + ", ".join(BACKBONES) + ".", choices=BACKBONES, panel=_M
     )
@@ -130,6 +139,25 @@ class ModelConfig:
         low=0,
         check=check_image_size,
         allowed="0 (from the data) or a multiple of 32",
+        panel=_M,
+    )
+    train_tile: int = opt(
+        0,
+        "Train on random SIZE px crops of the original images (native resolution; at least "
+        "half of them centred on a defect) instead of whole images, and validate tiled the "
+        "same way, as predict and evaluate then run by default (0 = whole images). For large "
+        "images with small defects.",
+        low=0,
+        check=check_tile,
+        allowed="0 (off) or at least 32",
+        panel=_M,
+    )
+    max_image_size: int = opt(
+        1024,
+        "With --image-size 0: the size from the data (median longest side), capped here.",
+        low=32,
+        check=check_image_size,
+        allowed="a multiple of 32, at least 32",
         panel=_M,
     )
     anchors: str = opt(
@@ -248,6 +276,14 @@ class AugmentConfig:
     copy_paste: float = opt(
         0.0, "Probability of pasting rare-class defects onto an image.", low=0, high=1, panel=_A
     )
+    multi_scale: float = opt(
+        0.0,
+        "Multi-scale training: each batch runs at a side drawn from (1 ± F) × the input size, "
+        "in steps of 32 px (0 = off; e.g. 0.25).",
+        low=0,
+        high=0.75,
+        panel=_A,
+    )
     rotate90: bool = opt(
         True,
         "Allow 90° rotations (off where orientation matters).",
@@ -363,10 +399,11 @@ class RuntimeConfig:
 
 @dataclass
 class TileConfig:
-    tile: int = opt(
-        0,
+    tile: int | None = opt(
+        None,
         "Tile large images: tiles of SIZE px of the original, each run at the model's resolution, "
-        "boxes merged by NMS (0 = off: the whole image is resized).",
+        "boxes merged by NMS (0 = off: the whole image is resized). Default: the tile size the "
+        "model was trained on (train --train-tile), else off.",
         low=0,
         check=check_tile,
         allowed="0 (off) or at least 32",

@@ -197,19 +197,7 @@ def apply(cfg: Any, data: dict[str, Any], where: str = "", file_keys: bool = Fal
     Type errors name the option as the source does: ``optim.lr`` for files (``file_keys``),
     ``--lr`` for the command line and variants."""
     table = options(type(cfg))
-    sections = {o.section for o in table.values() if o.section}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        key = str(key)
-        # ``loss``, ``sampler`` and ``augment`` are sections and options: a mapping is the section.
-        if key in sections and (isinstance(value, dict) or key not in table):
-            if not isinstance(value, dict):
-                at = f"{where}: {key}" if where else key
-                raise ConfigError(f"{at}: expected a mapping, got {type(value).__name__}")
-            for sub_key, sub_value in value.items():
-                flat[_known(str(sub_key), table, where, key)] = sub_value
-        else:
-            flat[_known(key, table, where, "", type(cfg).__name__)] = value
+    flat = _flatten(type(cfg), table, data, where)
     nested = {s: dataclasses.asdict(getattr(cfg, s)) for s, _ in _sections(type(cfg)) if s}
     plain = dataclasses.asdict(cfg) if not nested else {}
     for name, value in flat.items():
@@ -226,6 +214,29 @@ def apply(cfg: Any, data: dict[str, Any], where: str = "", file_keys: bool = Fal
         return type(cfg)(**plain)
     hints = typing.get_type_hints(type(cfg))
     return type(cfg)(**{s: hints[s](**v) for s, v in nested.items()})
+
+
+def given_names(cls: type, data: dict[str, Any]) -> set[str]:
+    """The option names a mapping sets (sectioned, flat or mixed; None values are "not given")."""
+    return {k for k, v in _flatten(cls, options(cls), data, "").items() if v is not None}
+
+
+def _flatten(cls: type, table: dict[str, Option], data: dict[str, Any], where: str) -> dict:
+    """Flat name -> value of a sectioned, flat or mixed mapping (names checked)."""
+    sections = {o.section for o in table.values() if o.section}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key)
+        # ``loss``, ``sampler`` and ``augment`` are sections and options: a mapping is the section.
+        if key in sections and (isinstance(value, dict) or key not in table):
+            if not isinstance(value, dict):
+                at = f"{where}: {key}" if where else key
+                raise ConfigError(f"{at}: expected a mapping, got {type(value).__name__}")
+            for sub_key, sub_value in value.items():
+                flat[_known(str(sub_key), table, where, key)] = sub_value
+        else:
+            flat[_known(key, table, where, "", cls.__name__)] = value
+    return flat
 
 
 def _known(

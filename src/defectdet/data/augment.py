@@ -23,11 +23,38 @@ from defectdet.data.images import ImageError, load_rgb
 PRESETS = ("none", "light", "medium", "heavy")
 
 
-def _bbox_params() -> A.BboxParams:
-    # Boxes less than 30% visible after a transform are dropped, as are slivers under 4 px².
+def _bbox_params(min_visibility: float = 0.3) -> A.BboxParams:
+    # Boxes less visible than this after a transform are dropped, as are slivers under 4 px².
     return A.BboxParams(
-        format="pascal_voc", label_fields=["labels"], min_visibility=0.3, min_area=4, clip=True
+        format="pascal_voc",
+        label_fields=["labels"],
+        min_visibility=min_visibility,
+        min_area=4,
+        clip=True,
     )
+
+
+DEFECT_TILES = 0.5
+"""Share of training tiles (``--train-tile``) centred on a defect; the rest fall anywhere."""
+TILE_MIN_VISIBILITY = 0.5
+"""A box cut by a tile's edge is kept when at least this share of it is inside the tile."""
+
+
+def _tile_crop(tile: int) -> list[A.BasicTransform]:
+    """A ``tile`` px crop of the original (native resolution): padded first when the image is
+    smaller, and centred on a random box for :data:`DEFECT_TILES` of the draws, so crops of a
+    large image do not miss its few defects (a random crop when the image has none)."""
+    pad = A.PadIfNeeded(
+        tile, tile, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0
+    )
+    crop = A.OneOf(
+        [
+            A.AtLeastOneBBoxRandomCrop(tile, tile, p=DEFECT_TILES),
+            A.RandomCrop(tile, tile, p=1 - DEFECT_TILES),
+        ],
+        p=1.0,
+    )
+    return [pad, crop]
 
 
 def _augmentations(preset: str, rotate90: bool) -> list[A.BasicTransform]:
@@ -67,9 +94,10 @@ def _augmentations(preset: str, rotate90: bool) -> list[A.BasicTransform]:
     return out
 
 
-def _compose(augs: list[A.BasicTransform], image_size: int) -> A.Compose:
+def _compose(augs: list[A.BasicTransform], image_size: int, tile: int = 0) -> A.Compose:
     return A.Compose(
         [
+            *(_tile_crop(tile) if tile else []),
             # The resize rule of inference (data.preprocess.letterbox): INTER_AREA when
             # shrinking, linear when growing, so training sees the pixels inference will.
             A.LongestMaxSize(max_size=image_size, area_for_downscale="image"),
@@ -83,22 +111,24 @@ def _compose(augs: list[A.BasicTransform], image_size: int) -> A.Compose:
                 fill_mask=0,
             ),
         ],
-        bbox_params=_bbox_params(),
+        bbox_params=_bbox_params(TILE_MIN_VISIBILITY if tile else 0.3),
     )
 
 
-def build_transforms(cfg: AugmentConfig, image_size: int, train: bool) -> A.Compose:
+def build_transforms(cfg: AugmentConfig, image_size: int, train: bool, tile: int = 0) -> A.Compose:
     """Resize (longest side = ``image_size``), augment per ``cfg.augment`` if ``train``, pad to
     (image_size, image_size) top-left. Call as ``t(image=HxWx3 uint8, bboxes=(N,4), labels=(N,))``.
+    ``tile`` (train only): first crop a ``tile`` px square of the original (:func:`_tile_crop`).
     """
-    return _compose(_augmentations(cfg.augment, cfg.rotate90) if train else [], image_size)
+    augs = _augmentations(cfg.augment, cfg.rotate90) if train else []
+    return _compose(augs, image_size, tile if train else 0)
 
 
-def build_minority_transforms(cfg: AugmentConfig, image_size: int) -> A.Compose:
+def build_minority_transforms(cfg: AugmentConfig, image_size: int, tile: int = 0) -> A.Compose:
     """The stronger pipeline for images holding a rare class: one preset above ``cfg.augment``,
     at least ``medium``."""
     level = min(max(PRESETS.index(cfg.augment) + 1, PRESETS.index("medium")), len(PRESETS) - 1)
-    return _compose(_augmentations(PRESETS[level], cfg.rotate90), image_size)
+    return _compose(_augmentations(PRESETS[level], cfg.rotate90), image_size, tile)
 
 
 def find_rare_classes(instance_counts: Sequence[int] | np.ndarray) -> list[int]:

@@ -85,7 +85,7 @@ def export(
     names, size, op = spec.class_names, spec.image_size, ckpt.get("operating_point")
     batch = sample_batch(size, 3, images) if check else None
     if fmt == "onnx":
-        data = onnx_bytes(model, size, names, opset, op)
+        data = onnx_bytes(model, size, names, opset, op, spec.train_tile)
         diffs = check_onnx(model, data, batch) if check else {}
     else:
         data = torchscript_bytes(model, size, names, op)
@@ -163,6 +163,7 @@ def onnx_bytes(
     names: list[str],
     opset: int,
     operating_point: dict | None = None,
+    train_tile: int = 0,
 ) -> bytes:
     """The serialised ONNX model with defectdet's metadata (see the module docstring)."""
     onnx = _import_onnx()
@@ -196,6 +197,7 @@ def onnx_bytes(
         "topk_candidates": str(model.topk_candidates),
         "input": "images float32 (B, 3, S, S) RGB in 0..1, letterboxed (pad bottom/right)",
         "operating_point": json.dumps(operating_point),
+        "train_tile": str(int(train_tile)),  # predict tiles as trained unless told otherwise
     }
     onnx.helper.set_model_props(proto, meta)
     proto.producer_name = "defectdet"

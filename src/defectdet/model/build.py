@@ -215,7 +215,8 @@ def _extra_levels(spec: ModelSpec) -> ExtraFPNBlock:
 
 # ---------------------------------------------------------------------------- transform
 class FitTransform(GeneralizedRCNNTransform):
-    """Normalise and batch images; resize only those whose longest side is not ``image_size``.
+    """Normalise and batch images; resize only those whose longest side is not ``image_size``
+    (with ``multi_scale`` set, training batches are used at the size they come).
 
     The data pipeline already resizes to ``image_size``; torchvision's transform would
     re-interpolate every image anyway (a wasted pass, and a slight blur). Normalisation writes
@@ -228,6 +229,7 @@ class FitTransform(GeneralizedRCNNTransform):
         super().__init__(image_size, image_size, IMAGENET_MEAN, IMAGENET_STD, SIZE_DIVISIBLE)
         self.image_size = image_size
         self.channels_last = False
+        self.multi_scale = False  # set by multi-scale training
 
     def forward(
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
@@ -244,7 +246,8 @@ class FitTransform(GeneralizedRCNNTransform):
                     f"{tuple(image.shape)}"
                 )
             h, w = image.shape[-2:]
-            if max(h, w) != self.image_size:
+            keep = self.training and self.multi_scale  # rescaled on purpose
+            if max(h, w) != self.image_size and not keep:
                 # Bilinear weights sum to 1, so resizing before normalising gives the same image.
                 images[i] = self.resize(image)[0]
                 if targets is not None:

@@ -96,7 +96,8 @@ def load_matching(model: nn.Module, state: Mapping[str, Tensor], source: str) ->
     if bad:
         raise ConfigError(
             f"{source} was trained with another backbone/FPN setup; {len(bad)} tensors do not "
-            f"fit, e.g. {'; '.join(bad[:3])}"
+            f"fit, e.g. {'; '.join(bad[:3])}; give the preset or model options it was trained "
+            "with (its config.yaml; a checkpoint from before presets: --preset none)"
         )
     skipped += [f"{n}: missing from {source}" for n in missing if n.startswith("head.")]
     model.load_state_dict(keep, strict=False)

@@ -39,6 +39,7 @@ class ModelSpec:
     anchor_sizes: list[float] = field(default_factory=list)  # one base size per level; [] = default
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     init: str = "scratch"
+    train_tile: int = 0  # trained on crops of this many px of the originals (0 = whole images)
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +74,7 @@ class ModelSpec:
             anchor_sizes=list(anchor_sizes or []),
             aspect_ratios=list(aspect_ratios or [0.5, 1.0, 2.0]),
             init=init,
+            train_tile=cfg.train_tile,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ dashes and underscores are the same). Each variant is an ordinary run folder und
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from defectdet.config import TrainConfig, apply, load_yaml, options, validate
+from defectdet.config import TrainConfig, apply, load_yaml, options, resolve_preset, validate
 from defectdet.config.values import parse_pairs
 from defectdet.console import err, out
 from defectdet.errors import ConfigError, DefectdetError
 from defectdet.io import atomic_open, write_text
+from defectdet.model.device import resolve_device
 
 COLUMNS = [
     "variant",
@@ -116,9 +118,14 @@ def slug(name: str) -> str:
 
 
 def variant_configs(
-    base: TrainConfig, variants: list[Variant], study_dir: Path
+    base: TrainConfig,
+    variants: list[Variant],
+    study_dir: Path,
+    given: Iterable[str] | None = None,
 ) -> list[tuple[Variant, str, TrainConfig]]:
-    """Each variant's validated config (all checked before anything trains)."""
+    """Each variant's validated config with its preset resolved (all checked before anything
+    trains). ``given``: the option names the user set for every variant (None: those not at
+    their default); a variant's own keys count as given too."""
     if not variants:
         raise ConfigError("no variants to compare; pass --runs or --grid")
     names = [slug(v.name) for v in variants]
@@ -129,7 +136,9 @@ def variant_configs(
         cfg = apply(base, variant.updates, f"variant {variant.name!r}")
         cfg = apply(cfg, {"project": str(study_dir), "name": name, "exist_ok": True})
         try:
-            validate(cfg)
+            cuda = resolve_device(validate(cfg).run.device).type == "cuda"
+            names = None if given is None else {*given, *variant.updates}
+            cfg = validate(resolve_preset(cfg, names, cuda))
         except ConfigError as exc:
             raise ConfigError(f"variant {variant.name!r}: {exc}") from None
         out.append((variant, name, cfg))
@@ -141,12 +150,13 @@ def run_compare(
     variants: list[Variant],
     study_dir: Path,
     points: TablePoints | None = None,
+    given: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Train (or resume, or skip) every variant, evaluate its best.pt, write the table."""
     points = points or TablePoints()
     rows: list[dict[str, Any]] = []
     classes: list[ClassCount] = []
-    for variant, name, cfg in variant_configs(base, variants, study_dir):
+    for variant, name, cfg in variant_configs(base, variants, study_dir, given):
         out.rule(f"[bold]{variant.name}[/]")
         try:
             run_dir = _train_or_resume(cfg, study_dir / name)
@@ -172,7 +182,7 @@ def _train_or_resume(cfg: TrainConfig, run_dir: Path) -> Path:
             out.print(f"already trained: {run_dir}")
             return run_dir
         return train(resume=run_dir)
-    return train(cfg)
+    return train(cfg, given=options(TrainConfig))  # the preset is resolved already
 
 
 def _score(run_dir: Path, points: TablePoints) -> tuple[dict[str, Any], list[ClassCount]]:

@@ -22,6 +22,7 @@ from torchvision.models.detection import _utils as det_utils
 from defectdet.errors import CheckpointError, ConfigError
 from defectdet.model.device import amp_dtype, to_model_input
 from defectdet.model.postprocess import PostprocessSettings, decode_detections
+from defectdet.model.spec import ModelSpec
 
 ONNX_FORMAT = "defectdet-retinanet-raw/1"
 
@@ -30,6 +31,7 @@ class Detector(Protocol):
     class_names: list[str]
     image_size: int
     operating_point: dict | None  # calibrated thresholds and their evidence, when stored
+    train_tile: int  # the tile size the model was trained on; inference tiles so by default
 
     def configure(self, settings: PostprocessSettings) -> None: ...
 
@@ -53,6 +55,22 @@ class TorchDetector:
         self.device, self.amp, self.channels_last = device, amp, channels_last
         self.dtype = dtype or amp_dtype(device)
         self.operating_point: dict | None = None
+        self.train_tile = 0  # the tile size the model was trained on (0 = whole images)
+
+    @classmethod
+    def for_spec(
+        cls,
+        model: nn.Module,
+        spec: ModelSpec,
+        device: torch.device,
+        amp: bool = False,
+        channels_last: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> TorchDetector:
+        """A detector for ``model`` as its spec describes it (classes, input size, train tile)."""
+        detector = cls(model, spec.class_names, spec.image_size, device, amp, channels_last, dtype)
+        detector.train_tile = spec.train_tile
+        return detector
 
     @classmethod
     def from_checkpoint(
@@ -65,9 +83,7 @@ class TorchDetector:
         model, spec = load_model(ckpt, device, where=str(weights))
         channels_last = device.type == "cuda"
         model = prepare_model(model, device, channels_last).eval()
-        detector = cls(
-            model, spec.class_names, spec.image_size, device, half, channels_last, torch.float16
-        )
+        detector = cls.for_spec(model, spec, device, half, channels_last, torch.float16)
         detector.operating_point = ckpt.get("operating_point") or None
         return detector
 
@@ -122,6 +138,7 @@ class OnnxDetector:
             int(meta.get("topk_candidates", 1000)),
         )
         self.operating_point = json.loads(meta.get("operating_point") or "null")
+        self.train_tile = int(meta.get("train_tile") or 0)
 
     def configure(self, settings: PostprocessSettings) -> None:
         self.settings = settings

@@ -99,6 +99,9 @@ class Inference:
         floor: float = AP_SCORE_FLOOR,
     ):
         self.detector, self.infer, self.tiles = detector, infer, tiles or TileConfig()
+        # No --tile: tiled as the model was trained (train --train-tile), else whole images.
+        given = self.tiles.tile
+        self.tile = int(getattr(detector, "train_tile", 0) or 0) if given is None else given
         self.class_names = list(detector.class_names)
         stored = getattr(detector, "operating_point", None) or {}
         self.thresholds, self.threshold_source = class_thresholds(
@@ -120,7 +123,7 @@ class Inference:
         dataset = InferenceDataset(
             sources,
             self.detector.image_size,
-            self.tiles.tile,
+            self.tile,
             self.tiles.tile_overlap,
             keep_image=keep_image,
         )

@@ -23,9 +23,7 @@ class CalibrationMixin:
             return
         ckpt = load_checkpoint(best)
         model, spec = load_model(ckpt, self.device, where=str(best))
-        detector = TorchDetector(
-            model, spec.class_names, spec.image_size, self.device, self.amp, self.channels_last
-        )
+        detector = TorchDetector.for_spec(model, spec, self.device, self.amp, self.channels_last)
         rt = self.cfg.runtime()
         op = calibrate_detector(
             detector, self.data.val, self.cfg.calibrate, "validation", rt.batch_size, rt.workers

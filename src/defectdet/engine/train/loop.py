@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import defectdet.engine.train.distributed as ddp
-from defectdet.config import TrainConfig, from_dict, to_dict, to_yaml, upgrade, validate
+from defectdet.config import (
+    TrainConfig,
+    from_dict,
+    resolve_preset,
+    to_dict,
+    to_yaml,
+    upgrade,
+    validate,
+)
 from defectdet.console import out
 from defectdet.data.augment import (
     CopyPaste,
@@ -39,6 +48,7 @@ from defectdet.engine.train.finish import CalibrationMixin
 from defectdet.engine.train.history import History
 from defectdet.engine.train.interrupt import ResumableSampler, _GracefulInterrupt
 from defectdet.engine.train.mining import MiningMixin
+from defectdet.engine.train.multiscale import draw_side, rescale_batch
 from defectdet.engine.train.schedule import (
     build_ema,
     build_optimizer,
@@ -72,16 +82,24 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, after a resumable checkpoint was saved."""
 
 
-def train(cfg: TrainConfig | None = None, resume: str | Path | None = None) -> Path:
+def train(
+    cfg: TrainConfig | None = None,
+    resume: str | Path | None = None,
+    given: Iterable[str] | None = None,
+) -> Path:
     """Train a run from ``cfg``, or resume the run at ``resume`` with its own saved config;
-    returns the run folder. Options are checked before any data is read."""
+    returns the run folder. Options are checked before any data is read.
+
+    ``given``: the option names the user set, which the preset leaves alone (None: those not at
+    their default; see :func:`defectdet.config.resolve_preset`)."""
     if resume is not None:
         run_dir, ckpt = resume_checkpoint(resume)
         cfg = ckpt["config"]
     elif cfg is None:
         raise ConfigError("train needs a config or a run to resume")
     else:
-        validate(cfg)
+        cuda = resolve_device(validate(cfg).run.device).type == "cuda"
+        cfg = validate(resolve_preset(cfg, given, cuda))
         ckpt = None
     info = ddp.init_distributed(cfg.run.device)
     try:
@@ -141,6 +159,7 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
         model = build_model(spec, criterion, trainable_layers=cfg.model.trainable_backbone_layers)
         if ckpt is None:
             load_initial_weights(model, spec, cfg.model.weights, cfg.model.backbone_weights)
+        model.transform.multi_scale = cfg.augment.multi_scale > 0
         self.model = prepare_model(model, self.device, self.channels_last)
         self.ddp_model = self._wrap(self.model)
         self.loader, self.sampler = self._build_loader()
@@ -165,6 +184,7 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
         self.budget = cfg.optim.time_budget * 60  # seconds; 0 = off
         self._probe: list[float] = []  # clock readings of the first steps (budget fitting)
         self._val_seconds = 0.0
+        self.eval_every = cfg.run.eval_interval  # --time-budget may thin the validations
         if ckpt is not None:
             self._load_state(ckpt, run_dir)
         self._stop_requested = False
@@ -180,7 +200,7 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
 
     def _build_loader(self):
         cfg, train = self.cfg, self.data.train
-        size = self.resolved.spec.image_size
+        size, tile = self.resolved.spec.image_size, self.resolved.spec.train_tile
         counts = train.instance_counts()
         rare = find_rare_classes(counts)
         copy_paste = (
@@ -191,8 +211,8 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
         dataset = DetectionDataset(
             train,
             size,
-            build_transforms(cfg.augment, size, train=True),
-            minority_transforms=build_minority_transforms(cfg.augment, size)
+            build_transforms(cfg.augment, size, train=True, tile=tile),
+            minority_transforms=build_minority_transforms(cfg.augment, size, tile)
             if cfg.augment.augment_minority
             else None,
             rare_classes=rare,
@@ -273,6 +293,10 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
             {"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)}
             for t in targets
         ]
+        if self.cfg.augment.multi_scale:
+            size, step = self.resolved.spec.image_size, self.state["global_step"]
+            side = draw_side(size, self.cfg.augment.multi_scale, self.cfg.run.seed, step)
+            batch, tgts = rescale_batch(batch, tgts, side)
         with torch.autocast(self.device.type, dtype=amp_dtype(self.device), enabled=self.amp):
             loss_dict = self.ddp_model(list(batch), tgts)
         loss = sum(loss_dict.values())
@@ -316,14 +340,13 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
 
     def _end_epoch(self, epoch: int, losses: dict[str, float], seconds: float) -> bool:
         """Validate, log, checkpoint; True when training should stop now."""
-        cfg = self.cfg
         if self.budget and not self._out_of_steps():  # (re-)fit to this epoch's measured speed
             # (before the first fit the provisional schedule spans --epochs; it never stops early)
             steps = max(self.state["global_step"] - self._epoch_first_step, 1)
             self._fit_budget((self.clock() - self._epoch_start) / steps)
         last = epoch + 1 >= self.state["epochs"] or self._out_of_steps()
         metrics = None
-        due = (epoch + 1) % max(cfg.run.eval_interval, 1) == 0 or last
+        due = (epoch + 1) % max(self.eval_every, 1) == 0 or last
         if due and self.info.is_main and self.data.val.num_images:
             t = self.clock()
             metrics = self.validate()
@@ -338,14 +361,8 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
     def validate(self) -> MetricsResult:
         """The model scored on the validation split by the same path as ``evaluate``."""
         spec, cfg = self.resolved.spec, self.cfg
-        detector = TorchDetector(
-            self.ema.module if self.ema is not None else self.model,
-            spec.class_names,
-            spec.image_size,
-            self.device,
-            self.amp,
-            self.channels_last,
-        )
+        model = self.ema.module if self.ema is not None else self.model
+        detector = TorchDetector.for_spec(model, spec, self.device, self.amp, self.channels_last)
         rt = cfg.runtime()
         metrics, _ = score_catalog(detector, self.data.val, cfg.infer, rt.batch_size, rt.workers)
         return metrics

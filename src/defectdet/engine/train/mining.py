@@ -46,14 +46,8 @@ class MiningMixin:
             rng = np.random.default_rng([cfg.run.seed, self.state["epoch"], 7])
             rows = np.sort(rng.choice(rows, cfg.sampler.mine_max, replace=False))
         ids = train.images["image_id"].to_numpy()
-        spec = self.resolved.spec
-        detector = TorchDetector(
-            self.model,
-            spec.class_names,
-            spec.image_size,
-            self.device,
-            self.amp,
-            self.channels_last,
+        detector = TorchDetector.for_spec(
+            self.model, self.resolved.spec, self.device, self.amp, self.channels_last
         )
         inference = Inference(detector, cfg.infer, floor=CALIBRATION_FLOOR)
         rt = cfg.runtime()

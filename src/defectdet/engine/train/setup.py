@@ -101,7 +101,7 @@ def resolve(cfg: TrainConfig, data: RunData) -> Resolved:
     """The model spec and class weights for ``cfg`` on this data (image size, anchors and
     classes from the data where the options say so)."""
     from defectdet.analysis.recommend import class_weights
-    from defectdet.analysis.stats import suggested_image_size
+    from defectdet.analysis.stats import model_input_size
     from defectdet.model.anchors import fit_anchor_sizes, fit_aspect_ratios
 
     m, train, classes = cfg.model, data.train, list(data.catalog.classes)
@@ -111,10 +111,13 @@ def resolve(cfg: TrainConfig, data: RunData) -> Resolved:
             f"--select-metric {metric!r}: no class {metric[5:]!r} in the data (classes: "
             f"{', '.join(classes)})"
         )
-    size = m.image_size or min(int(suggested_image_size(data.catalog.images) or 512), 1024)
+    if m.train_tile:  # a tile at native resolution, within the cap
+        size = m.image_size or min(max(32, round(m.train_tile / 32) * 32), m.max_image_size)
+    else:
+        size = model_input_size(data.catalog.images, m.image_size, m.max_image_size)
     sizes, ratios = None, None
     if m.anchors == "auto":
-        wh = model_input_box_sizes(train, size)
+        wh = model_input_box_sizes(train, size, m.train_tile)
         if len(wh):
             sizes = [round(float(s), 2) for s in fit_anchor_sizes(wh, m.min_level, m.max_level)]
             ratios = [round(float(r), 3) for r in fit_aspect_ratios(wh)]
@@ -123,10 +126,13 @@ def resolve(cfg: TrainConfig, data: RunData) -> Resolved:
     return Resolved(spec, [round(float(w), 6) for w in weights])
 
 
-def model_input_box_sizes(catalog: Catalog, image_size: int) -> np.ndarray:
-    """(N, 2) box widths and heights after resizing each image's longer side to image_size."""
+def model_input_box_sizes(catalog: Catalog, image_size: int, tile: int = 0) -> np.ndarray:
+    """(N, 2) box widths and heights at the model's input: each image's longer side resized to
+    image_size, or (``tile``) each tile of the original resized to image_size."""
     sizes = catalog.images.set_index("image_id")[["width", "height"]].max(axis=1)
     scale = image_size / catalog.boxes["image_id"].map(sizes).to_numpy(dtype=float)
+    if tile:  # tiles of a smaller image are padded, not resized
+        scale = np.full(len(catalog.boxes), image_size / tile)
     b = catalog.boxes
     return np.stack([(b["x2"] - b["x1"]) * scale, (b["y2"] - b["y1"]) * scale], axis=1)
 
