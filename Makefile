@@ -27,11 +27,11 @@ format: $(STAMP)
 test: lint
 	$(VENV)/bin/python -m pytest -q
 
-# The demo's own folder is cleared first (defectdet itself never overwrites a run).
+# The demo's own folder is cleared first (defectdet itself never overwrites a run). It trains
+# exactly as analyze advises (the recipe line of its report), for DEMO_MINUTES of CPU time.
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
 	$(VENV)/bin/defectdet analyze data_samples --json $(DEMO_RUN)/analysis.json --plot $(DEMO_RUN)/analysis.png
-	# train exactly as analyze advises (its recipe line), for DEMO_MINUTES of CPU time
 	$(VENV)/bin/$$($(PY) -c "import json; print(json.load(open('$(DEMO_RUN)/analysis.json'))['recipe']['command'])") \
 		--time-budget $(DEMO_MINUTES) --project $(DEMO_RUN) --name train
 	$(VENV)/bin/defectdet predict data_samples/images --weights $(DEMO_RUN)/train/weights/best.pt \

@@ -52,6 +52,10 @@ def test_grid_yaml(tmp_path: Path):
     assert base == {"epochs": 3, "image_size": 64}
     assert [v.name for v in variants] == ["ce", "focal2"]
     assert variants[1].updates == {"loss": "focal", "gamma": 2}
+    grid.write_text("variants:\n  baseline: {}\n  ce: {loss: ce}\n")  # {} = the base itself
+    assert [v.updates for v in cmp.load_grid(grid)[1]] == [{}, {"loss": "ce"}]
+    with pytest.raises(ConfigError, match="empty"):
+        cmp.parse_variant(" ")  # on the command line a variant must change something
 
 
 @pytest.mark.slow

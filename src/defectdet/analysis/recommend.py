@@ -224,10 +224,11 @@ def _size_advice(report: dict) -> list[str]:
     if total == 0 or b["small"] / total < SMALL_BOX_SHARE:
         return []
     size = report.get("suggested_image_size")
-    at = f" (e.g. `--image-size {size}`, the native size)" if size else ""
+    at = f" (`--image-size {size}` is the native size)" if size else ""
     return [
         f"{_pct(b['small'] / total)} of boxes are small (under 32x32 px): use `--anchors auto` "
-        f"(anchors fitted to your boxes) and do not shrink images{at}"
+        f"(anchors fitted to your boxes; every preset sets it), and every pixel of shrinking "
+        f"costs them{at}"
     ]
 
 

@@ -36,7 +36,9 @@ def train(
 ) -> None:
     """Train a RetinaNet on DATA with focal loss and imbalance remedies.
 
-    Writes runs/train/NAME: config.yaml (your options), resolved.yaml (what the data decided:
+    The default --preset auto picks a recipe for this machine (s on CPU, m on a GPU); options
+    you give win over it. Writes runs/train/NAME: config.yaml (your options and the preset's,
+    to repeat the run with --config), resolved.yaml (what the data decided:
     classes, image size, anchors, class weights), metrics.csv, weights/best.pt and last.pt,
     training.png. The best epoch is chosen by the mean of per-class AP50, so the rare class
     counts as much as the common one. Ctrl-C saves a resumable checkpoint. Every option can
@@ -44,6 +46,8 @@ def train(
     same name.
 
     [dim]Examples:
+      defectdet train data/ --time-budget 30 --sampler repeat-factor --copy-paste 0.5
+      defectdet train data/ --preset n --train-tile 320     # large images, small defects
       defectdet train data/ --loss focal --gamma 2 --sampler repeat-factor
       defectdet train data/ --class-weights effective --background-fraction 0.3
       torchrun --nproc_per_node 2 -m defectdet train data/ --device cuda

@@ -12,19 +12,21 @@ from typing import Any
 
 from defectdet.config.commands import CalibrateRunConfig, PredictConfig
 from defectdet.config.files import load_yaml, safe_yaml, to_yaml
-from defectdet.config.options import (
+from defectdet.config.inference import (
     DEFAULT_CONF,
-    AugmentConfig,
     CalibrateConfig,
-    DataConfig,
     InferConfig,
+    RuntimeConfig,
+    TileConfig,
+)
+from defectdet.config.options import (
+    AugmentConfig,
+    DataConfig,
     LossConfig,
     ModelConfig,
     OptimConfig,
     RunConfig,
-    RuntimeConfig,
     SamplerConfig,
-    TileConfig,
     TrainConfig,
 )
 from defectdet.config.presets import PRESETS, pick_preset, resolve_preset

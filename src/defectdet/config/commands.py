@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from defectdet.config.options import CalibrateConfig, InferConfig, RuntimeConfig, TileConfig
+from defectdet.config.inference import CalibrateConfig, InferConfig, RuntimeConfig, TileConfig
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Every option of defectdet, defined once: name, type, default, allowed values and help.
 
-``TrainConfig`` is what ``train`` and ``compare`` take (saved as ``config.yaml``); the inference
-sections (:class:`InferConfig` thresholds, :class:`RuntimeConfig`) are shared by train-time
-validation, ``evaluate`` and ``predict``, with one default each. Values derived from the data
+``TrainConfig`` is what ``train`` and ``compare`` take (saved as ``config.yaml``); its inference
+sections (thresholds, calibration) come from :mod:`.inference`, shared with ``evaluate``,
+``predict`` and ``calibrate``. Values derived from the data
 (class names, the resolved image size, anchors, class-weight values) are not here: they live in
 the run's resolved spec (:mod:`defectdet.model.spec`, ``resolved.yaml``).
 """
@@ -10,26 +10,29 @@ the run's resolved spec (:mod:`defectdet.model.spec`, ``resolved.yaml``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from defectdet.config import values as v
 from defectdet.config.checks import (
     SELECT_METRICS,
-    check_class_conf,
     check_class_weights,
     check_coco,
-    check_device,
     check_image_size,
     check_levels,
     check_select_metric,
-    check_target_recall,
     check_tile,
+)
+from defectdet.config.inference import (
+    CalibrateConfig,
+    InferConfig,
+    RuntimeConfig,
+    batch_size_option,
+    device_option,
+    workers_option,
 )
 from defectdet.config.presets import PRESET_CHOICES
 from defectdet.config.schema import opt
-from defectdet.errors import ConfigError
 
-_D, _M, _L, _S, _A, _O, _R, _T, _C = (
+_D, _M, _L, _S, _A, _O, _R = (
     "Data",
     "Model",
     "Loss",
@@ -37,41 +40,9 @@ _D, _M, _L, _S, _A, _O, _R, _T, _C = (
     "Augmentation",
     "Optimisation",
     "Run",
-    "Thresholds",
-    "Operating point (calibration)",
 )
-DEFAULT_CONF = 0.25
-"""The score threshold of an uncalibrated model (no stored operating point, no --conf)."""
-
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v3_large")
 FORMATS = ("auto", "coco", "voc", "yolo", "csv")
-
-
-# Options that appear in more than one section are defined once here.
-def _batch_size(panel: str) -> Any:
-    return opt(
-        8, "Images per step (per process in DDP) and per inference batch.", low=1, panel=panel
-    )
-
-
-def _workers(panel: str) -> Any:
-    return opt(
-        -1,
-        "DataLoader worker processes (-1 = auto: none on a small CPU-only machine, where they "
-        "would compete with the model for the cores).",
-        low=-1,
-        panel=panel,
-    )
-
-
-def _device(panel: str) -> Any:
-    return opt(
-        "auto",
-        "auto, cpu, cuda or cuda:N.",
-        check=check_device,
-        allowed="auto, cpu, cuda or cuda:N",
-        panel=panel,
-    )
 
 
 @dataclass
@@ -302,7 +273,7 @@ class OptimConfig:
         low=0,
         panel=_O,
     )
-    batch_size: int = _batch_size(_O)
+    batch_size: int = batch_size_option(_O)
     lr: float = opt(0.01, "Base learning rate.", low=0, low_open=True, panel=_O)
     optimizer: str = opt("sgd", "sgd or adamw.", choices=("sgd", "adamw"), panel=_O)
     momentum: float = opt(0.9, "SGD momentum.", low=0, high=1, panel=_O)
@@ -336,8 +307,8 @@ class RunConfig:
     name: str = opt("exp", "Run name; a taken name gets a number.", panel=_R)
     exist_ok: bool = opt(False, "Reuse an existing run folder.", panel=_R)
     seed: int = opt(0, "Random seed.", low=0, panel=_R)
-    workers: int = _workers(_R)
-    device: str = _device(_R)
+    workers: int = workers_option(_R)
+    device: str = device_option(_R)
     amp: bool | None = opt(
         None, "Mixed precision (default: on for CUDA).", panel=_R, flag="--amp/--no-amp"
     )
@@ -356,96 +327,6 @@ class RunConfig:
     max_steps: int = opt(
         0, "Stop after N optimiser steps (0 = no limit; smoke tests).", low=0, panel=_R
     )
-
-
-@dataclass
-class InferConfig:
-    """Thresholds: the same options and defaults for train-time validation, evaluate, predict."""
-
-    conf: float | None = opt(
-        None,
-        "Score threshold for every class (a box counts and an image is 'defect' at or above "
-        f"it). Default: the checkpoint's calibrated thresholds, else {DEFAULT_CONF}.",
-        low=0,
-        high=1,
-        panel=_T,
-    )
-    class_conf: str = opt(
-        "",
-        "Per-class thresholds overriding --conf, e.g. 'scratch=0.5,crack=0.15'.",
-        check=check_class_conf,
-        allowed="name=T,... with 0 ≤ T ≤ 1",
-        panel=_T,
-    )
-    iou: float = opt(0.5, "IoU of class-wise NMS.", low=0, high=1, low_open=True, panel=_T)
-    max_det: int = opt(100, "Boxes kept per image.", low=1, panel=_T)
-
-
-@dataclass
-class RuntimeConfig:
-    """How ``evaluate`` and ``predict`` run (results do not depend on it, up to float order)."""
-
-    batch_size: int = _batch_size(_R)
-    workers: int = _workers(_R)
-    device: str = _device(_R)
-    half: bool = opt(False, "fp16 inference (torch backend on CUDA only).", panel=_R)
-    backend: str = opt(
-        "torch",
-        "torch (a .pt checkpoint) or onnxruntime (an exported .onnx file).",
-        choices=("torch", "onnxruntime"),
-        panel=_R,
-    )
-
-
-@dataclass
-class TileConfig:
-    tile: int | None = opt(
-        None,
-        "Tile large images: tiles of SIZE px of the original, each run at the model's resolution, "
-        "boxes merged by NMS (0 = off: the whole image is resized). Default: the tile size the "
-        "model was trained on (train --train-tile), else off.",
-        low=0,
-        check=check_tile,
-        allowed="0 (off) or at least 32",
-        panel="Input",
-    )
-    tile_overlap: float = opt(
-        0.2, "Overlap between tiles (fraction).", low=0, high=0.95, high_open=True, panel="Input"
-    )
-
-
-@dataclass
-class CalibrateConfig:
-    """How thresholds are chosen on a labelled split (``calibrate``, and the end of ``train``).
-    With neither target: each class's threshold maximises its F1."""
-
-    target_recall: str = opt(
-        "",
-        "Recall to reach: R for every class, or per class 'crack=0.99,scratch=0.9' (box recall "
-        "at IoU 0.5; with --level image, the share of defective images caught).",
-        check=check_target_recall,
-        allowed="R or name=R,... with 0 < R ≤ 1",
-        panel=_C,
-    )
-    max_false_alarms: float | None = opt(
-        None,
-        "At most this share of the defect-free images flagged (one threshold for all classes).",
-        low=0,
-        high=1,
-        panel=_C,
-    )
-    level: str = opt(
-        "box",
-        "box (per-class box recall) or image (a defective part is caught when any box passes).",
-        choices=("box", "image"),
-        panel=_C,
-    )
-
-    def cross_check(self) -> None:
-        if self.target_recall and self.max_false_alarms is not None:
-            raise ConfigError("give --target-recall or --max-false-alarms, not both")
-        if self.level == "image" and "=" in self.target_recall:
-            raise ConfigError("--level image takes one --target-recall R (not per class)")
 
 
 @dataclass

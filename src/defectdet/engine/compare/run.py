@@ -78,8 +78,9 @@ def parse_variant(text: str) -> Variant:
     return Variant(text.strip(), _updates(values, f"variant {text!r}"))
 
 
-def _updates(pairs: dict[str, Any], where: str) -> dict[str, Any]:
-    """Option names checked against the schema (dashes and underscores are the same)."""
+def _updates(pairs: dict[str, Any], where: str, empty_ok: bool = False) -> dict[str, Any]:
+    """Option names checked against the schema (dashes and underscores are the same);
+    ``empty_ok``: a named grid variant may change nothing (the base itself, as a baseline)."""
     table = options(TrainConfig)
     updates = {}
     for key, value in pairs.items():
@@ -90,20 +91,21 @@ def _updates(pairs: dict[str, Any], where: str) -> dict[str, Any]:
                 "class_weights, sampler, background_fraction, copy_paste)"
             )
         updates[name] = value
-    if not updates:
+    if not updates and not empty_ok:
         raise ConfigError(f"{where}: empty; give e.g. 'loss=ce'")
     return updates
 
 
 def load_grid(path: str | Path) -> tuple[dict[str, Any], list[Variant]]:
     """A YAML grid: ``base:`` (train options, flat ``key: value``) and ``variants:`` (a list of
-    ``key=value,...`` strings, or a mapping name → {key: value})."""
+    ``key=value,...`` strings, or a mapping name → {key: value}, where ``{}`` is the base
+    itself)."""
     data = load_yaml(path)
     base = _updates(data.get("base") or {"seed": 0}, f"{path}: base")
     raw = data.get("variants") or []
     if isinstance(raw, dict):
         variants = [
-            Variant(str(name), _updates(opts or {}, f"{path}: {name}"))
+            Variant(str(name), _updates(opts or {}, f"{path}: {name}", empty_ok=True))
             for name, opts in raw.items()
         ]
     elif isinstance(raw, list):
