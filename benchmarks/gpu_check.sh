@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every CUDA path of defectdet, on generated data, in a few minutes on one GPU machine:
-# train with AMP and channels-last, torchrun DDP on every visible GPU (NCCL), resume, predict
-# with --half, evaluate, calibrate, ONNX export and the onnxruntime backend. One line per path:
+# train with AMP and channels-last (and the GPU preset m with tiles and multi-scale), torchrun
+# DDP on every visible GPU (NCCL), resume, predict with --half, evaluate, calibrate, ONNX export
+# and the onnxruntime backend. One line per path:
 # PASS or FAIL, seconds, and images/s where it means something. Exit code = number of failures.
 #
 #   bash benchmarks/gpu_check.sh [WORKDIR]        (default: a fresh temporary folder)
@@ -38,6 +39,9 @@ TRAIN=(--epochs 3 --image-size 256 --fpn-channels 64 --head-convs 2 --levels 3-5
        --batch-size 32 --workers 4 --device cuda --project "$WORK/runs")
 run train-amp-channels-last "${DD[@]}" train "$DATA" "${TRAIN[@]}" --name amp --amp
 run train-resume bash -c "timeout -s INT 20 ${DD[*]} train $DATA ${TRAIN[*]} --epochs 6 --name resume; ${DD[*]} train --resume $WORK/runs/resume"
+run train-preset-m-tiles-multiscale "${DD[@]}" train "$DATA" --preset m --train-tile 128 \
+    --multi-scale 0.25 --epochs 2 --batch-size 32 --workers 4 --device cuda --project "$WORK/runs" \
+    --name preset-m
 run ddp-nccl-$gpus "$PY" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m defectdet \
     train "$DATA" "${TRAIN[@]}" --name ddp
 W="$WORK/runs/amp/weights/best.pt"

@@ -159,3 +159,25 @@ def test_every_preset_sets_the_same_options_and_help_shows_them() -> None:
     assert "by --preset: n 64 · s 64 · m 128 · l 256; none: 256" in text  # --fpn-channels
     predict = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).output
     assert "--batch-size" in predict and "by --preset" not in predict  # not a train option there
+
+
+def test_recipe_trains_on_native_tiles_when_shrinking_loses_the_boxes() -> None:
+    from defectdet.analysis.recommend import SMALL_AT_INPUT, recipe
+
+    report = {
+        "root": "line",
+        "negatives": {},
+        "imbalance_ratio": 1.0,
+        "classes": [],
+        "background_share": 0.2,
+        "num_images": 50,
+        "suggested_image_size": 2048,
+        "repeat_threshold": 0.1,
+    }
+    small = recipe(report, "n", 320, 16 / 2048)  # 16 px boxes would be 2.5 px at 320
+    assert small["train_tile"] == 320 and small["median_box_px"] == 16.0
+    assert shlex.split(small["command"])[-2:] == ["--train-tile", "320"]
+    big = recipe(report, "n", 320, 200 / 2048)  # 31 px at 320: whole images are fine
+    assert big["train_tile"] == 0 and "--train-tile" not in big["command"]
+    assert big["median_box_px"] == pytest.approx(200 * 320 / 2048, abs=0.1)
+    assert big["median_box_px"] >= SMALL_AT_INPUT

@@ -264,11 +264,18 @@ def recipe(
     keep = _background_keep(report)
     if keep is not None:
         args += ["--background-fraction", f"{keep:g}"]
-    box = None if box_fraction is None else round(box_fraction * image_size, 1)
+    box = None if box_fraction is None else box_fraction * image_size
+    native = report.get("suggested_image_size") or image_size
+    tile = 0
+    if box is not None and box < SMALL_AT_INPUT and native > image_size:
+        # Shrinking loses them: train on native-resolution tiles the size of the input.
+        tile, box = image_size, box_fraction * native
+        args += ["--train-tile", str(tile)]
     return {
         "preset": preset,
         "image_size": image_size,
-        "median_box_px": box,
+        "train_tile": tile,
+        "median_box_px": None if box is None else round(box, 1),
         "command": " ".join(args),
     }
 
@@ -277,19 +284,18 @@ def _recipe_advice(report: dict) -> list[str]:
     r = report.get("recipe")
     if not r:
         return []
+    where = f"{r['train_tile']} px tiles at native resolution" if r["train_tile"] else "input"
     line = (
-        f"Recipe for this machine: `{r['command']}` (preset {r['preset']}; input "
-        f"{r['image_size']} px on this data"
+        f"Recipe for this machine: `{r['command']}` (preset {r['preset']}; {where} "
+        f"{'' if r['train_tile'] else str(r['image_size']) + ' px '}on this data"
     )
     if r["median_box_px"] is not None:
         line += f", where the median box is {r['median_box_px']:g} px"
     out = [line + ")"]
-    native = report.get("suggested_image_size")
     if r["median_box_px"] is not None and r["median_box_px"] < SMALL_AT_INPUT:
-        more = f"`--image-size {native}` (native)" if native and native > r["image_size"] else ""
         out.append(
-            f"Boxes are tiny at {r['image_size']} px: add `--time-budget` minutes and "
-            f"{more or 'a larger --image-size'} if the rare class stays unseen"
+            f"Boxes are tiny ({r['median_box_px']:g} px) even so: expect the smallest defects to "
+            "be missed; a higher-resolution image of the part helps more than any option"
         )
     return out
 
