@@ -176,8 +176,26 @@ def test_recipe_trains_on_native_tiles_when_shrinking_loses_the_boxes() -> None:
     }
     small = recipe(report, "n", 320, 16 / 2048)  # 16 px boxes would be 2.5 px at 320
     assert small["train_tile"] == 320 and small["median_box_px"] == 16.0
-    assert shlex.split(small["command"])[-2:] == ["--train-tile", "320"]
+    assert "--train-tile 320" in small["command"]  # (and P2: 16 px is small even at native)
     big = recipe(report, "n", 320, 200 / 2048)  # 31 px at 320: whole images are fine
     assert big["train_tile"] == 0 and "--train-tile" not in big["command"]
     assert big["median_box_px"] == pytest.approx(200 * 320 / 2048, abs=0.1)
     assert big["median_box_px"] >= SMALL_AT_INPUT
+
+
+def test_recipe_adds_the_p2_level_for_boxes_small_at_the_input() -> None:
+    from defectdet.analysis.recommend import P2_BELOW, recipe
+
+    report = {
+        "root": "d",
+        "negatives": {},
+        "imbalance_ratio": 1.0,
+        "classes": [],
+        "background_share": 0.2,
+        "num_images": 50,
+        "suggested_image_size": 128,
+    }
+    small = recipe(report, "s", 128, (P2_BELOW - 4) / 128)
+    assert small["levels"] == "2-5" and "--levels 2-5 --head v2" in small["command"]
+    assert recipe(report, "m", 128, (P2_BELOW - 4) / 128)["levels"] == "2-6"  # m's top level
+    assert recipe(report, "s", 128, (P2_BELOW + 4) / 128)["levels"] == ""

@@ -13,6 +13,7 @@ import shlex
 
 import numpy as np
 
+from defectdet.config.presets import PRESETS
 from defectdet.config.values import parse_class_weights
 from defectdet.data.repeat_factors import repeat_factors as repeat_factors  # re-exported
 from defectdet.errors import ConfigError
@@ -234,6 +235,10 @@ def _size_advice(report: dict) -> list[str]:
 
 SMALL_AT_INPUT = 12.0
 """Median box side (px at the model's input) below which small defects are hard to learn."""
+P2_BELOW = 24.0
+"""Median box side (px at the input) below which the recipe adds the P2 level (stride 4, three
+P3 strides) and the GroupNorm head: measured on generated data (docs/benchmarks.md, recipe
+options at equal time)."""
 COPY_PASTE = 0.5
 
 
@@ -271,10 +276,16 @@ def recipe(
         # Shrinking loses them: train on native-resolution tiles the size of the input.
         tile, box = image_size, box_fraction * native
         args += ["--train-tile", str(tile)]
+    levels = ""
+    if box is not None and box < P2_BELOW:  # stride 8 is coarse for them: add P2 (stride 4)
+        high = str(PRESETS[preset].values["levels"] if preset in PRESETS else "3-7")[-1]
+        levels = f"2-{high}"
+        args += ["--levels", levels, "--head", "v2"]  # with the GroupNorm head, as measured
     return {
         "preset": preset,
         "image_size": image_size,
         "train_tile": tile,
+        "levels": levels,
         "median_box_px": None if box is None else round(box, 1),
         "command": " ".join(args),
     }
