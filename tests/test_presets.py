@@ -161,19 +161,25 @@ def test_every_preset_sets_the_same_options_and_help_shows_them() -> None:
     assert "--batch-size" in predict and "by --preset" not in predict  # not a train option there
 
 
-def test_recipe_trains_on_native_tiles_when_shrinking_loses_the_boxes() -> None:
-    from defectdet.analysis.recommend import SMALL_AT_INPUT, recipe
-
-    report = {
+def analysis_report(**changes) -> dict:
+    """The keys of analyze's report that the recipe reads: balanced, few good parts."""
+    base = {
         "root": "line",
         "negatives": {},
         "imbalance_ratio": 1.0,
         "classes": [],
         "background_share": 0.2,
         "num_images": 50,
-        "suggested_image_size": 2048,
+        "suggested_image_size": 128,
         "repeat_threshold": 0.1,
     }
+    return base | changes
+
+
+def test_recipe_trains_on_native_tiles_when_shrinking_loses_the_boxes() -> None:
+    from defectdet.analysis.recommend import SMALL_AT_INPUT, recipe
+
+    report = analysis_report(suggested_image_size=2048)
     small = recipe(report, "n", 320, 16 / 2048)  # 16 px boxes would be 2.5 px at 320
     assert small["train_tile"] == 320 and small["median_box_px"] == 16.0
     assert "--train-tile 320" in small["command"]  # (and P2: 16 px is small even at native)
@@ -186,15 +192,7 @@ def test_recipe_trains_on_native_tiles_when_shrinking_loses_the_boxes() -> None:
 def test_recipe_adds_the_p2_level_for_boxes_small_at_the_input() -> None:
     from defectdet.analysis.recommend import P2_BELOW, recipe
 
-    report = {
-        "root": "d",
-        "negatives": {},
-        "imbalance_ratio": 1.0,
-        "classes": [],
-        "background_share": 0.2,
-        "num_images": 50,
-        "suggested_image_size": 128,
-    }
+    report = analysis_report(suggested_image_size=128)
     small = recipe(report, "s", 128, (P2_BELOW - 4) / 128)
     assert small["levels"] == "2-5" and "--levels 2-5 --head v2" in small["command"]
     assert recipe(report, "m", 128, (P2_BELOW - 4) / 128)["levels"] == "2-6"  # m's top level
