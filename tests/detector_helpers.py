@@ -20,11 +20,18 @@ def make_checkpoint(
     classes: tuple[str, ...] = ("a", "b"),
     image_size: int = 64,
     seed: int = 0,
+    image_head: bool = False,
 ) -> Path:
     """A narrow, untrained RetinaNet whose last head layers are randomised, so that scores
     spread over 0..1 (an untrained model scores every anchor at the 0.01 prior)."""
     spec = ModelSpec(
-        list(classes), image_size, fpn_channels=32, head_convs=1, min_level=3, max_level=5
+        list(classes),
+        image_size,
+        fpn_channels=32,
+        head_convs=1,
+        min_level=3,
+        max_level=5,
+        image_head=image_head,
     )
     torch.manual_seed(seed)
     model = build_model(spec)

@@ -17,6 +17,7 @@ from conftest import TINY_MODEL_ARGS
 from defectdet.cli import app
 from defectdet.config import CalibrateConfig
 from defectdet.data.catalog import Catalog
+from defectdet.data.formats import load_dataset
 from defectdet.engine.calibrate.operating_point import (
     CALIBRATION_FLOOR,
     choose_operating_point,
@@ -313,3 +314,33 @@ def test_train_stores_an_operating_point_in_best_pt(tmp_path: Path) -> None:
     assert op["objective"] == "box recall per class" and set(op["thresholds"]) == {"white", "black"}
     resolved = (tmp_path / "r" / "resolved.yaml").read_text()
     assert "operating_point" in resolved and "operating point" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("iou", [None, 0.6])
+def test_train_calibrates_on_the_validation_that_made_best_pt(
+    tmp_path: Path, monkeypatch, iou: float | None
+) -> None:
+    """No second pass over the validation split: the thresholds are those ``calibrate`` gives
+    on best.pt. With another NMS IoU than calibration's own, calibration runs its own pass."""
+    from defectdet.config import CalibrateRunConfig
+    from defectdet.engine.calibrate import run as calibrate_run
+    from defectdet.engine.calibrate.run import calibrate_checkpoint
+    from defectdet.engine.train.loop import train
+    from test_train import make_easy_dataset, tiny_config
+
+    data = make_easy_dataset(tmp_path / "data")
+    passes = []
+    original = calibrate_run.calibrate_detector
+    monkeypatch.setattr(
+        calibrate_run, "calibrate_detector", lambda *a, **k: passes.append(1) or original(*a, **k)
+    )
+    cfg = tiny_config(data, tmp_path, optim__epochs=2)
+    if iou is not None:
+        cfg.infer.iou = iou
+    run = train(cfg)
+    assert len(passes) == (iou is not None)
+    stored = load_checkpoint(run / "weights" / "best.pt")["operating_point"]["thresholds"]
+    catalog = load_dataset(data)
+    op, _ = calibrate_checkpoint(catalog, run / "weights" / "best.pt", CalibrateRunConfig())
+    assert stored == pytest.approx(op.thresholds) and len(stored) == 2

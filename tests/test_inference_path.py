@@ -24,6 +24,7 @@ from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.inference.run import Inference
 from defectdet.engine.inference.sources import SourceImage
+from defectdet.model import load_checkpoint, save_checkpoint
 from detector_helpers import make_checkpoint, write_images
 
 CLASSES = ("scratch", "crack")
@@ -137,3 +138,24 @@ def test_training_resizes_as_inference_does(h: int, w: int) -> None:
     assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1  # rounding of the kernel
     resize = next(t for t in pipeline.transforms if isinstance(t, A.LongestMaxSize))
     assert resize.area_for_downscale == "image"
+
+
+def test_keeping_low_scores_for_calibration_leaves_the_metrics_unchanged(
+    scene, tmp_path: Path
+) -> None:
+    root, weights = scene
+    catalog = load_dataset(root / "annotations.json")
+    ckpt = load_checkpoint(weights)  # the scene's model, its scores shifted down to 0.01-0.2
+    ckpt["model"]["head.classification_head.cls_logits.bias"] -= 3.0
+    save_checkpoint(tmp_path / "low.pt", ckpt)
+    detector = TorchDetector.from_checkpoint(tmp_path / "low.pt", torch.device("cpu"))
+    infer = InferConfig(max_det=1000)
+    plain, dets = score_catalog(detector, catalog, infer, batch_size=8, workers=0)
+    low, kept = score_catalog(detector, catalog, infer, batch_size=8, workers=0, keep_floor=0.01)
+    assert plain.to_dict() == low.to_dict()
+    assert sum(len(d.scores) for d in kept) > sum(len(d.scores) for d in dets)
+    assert min(float(d.scores.min()) for d in kept if len(d.scores)) < 0.05
+    for a, b in zip(dets, kept, strict=True):
+        above = b.above(0.05)
+        np.testing.assert_array_equal(a.scores, above.scores)
+        np.testing.assert_array_equal(a.boxes, above.boxes)

@@ -83,3 +83,38 @@ def test_slow_validations_are_thinned_to_fit_the_budget(tmp_path: Path, monkeypa
     assert validated <= 2  # one periodic at most (15 % of 60 s / 8 s), then the last
     assert clock.now <= 60  # ended on time, last validation included
     assert schedule["total_steps"] >= 30  # and the rest of the budget went to training
+
+
+@pytest.mark.slow
+def test_validation_cost_is_timed_on_a_sample_before_the_first_fit(tmp_path: Path, monkeypatch):
+    """Validation costs 2 s an image on this clock: timed on 4 of the 8 validation images and
+    scaled, the first fit already reserves the 16 s a validation takes, and the run ends on
+    time with calibration reusing the last validation (no second pass)."""
+    data = make_easy_dataset(tmp_path / "data", repeat=4)
+    clock = FakeClock(1.0)
+    step_original, score_original = train_module.Trainer._step, train_module.Trainer._score
+    fit_original = train_module.Trainer._fit_budget
+    reserved: list[float] = []
+
+    def step(self, images, targets):
+        clock.now += clock.per_step
+        return step_original(self, images, targets)
+
+    def score(self, catalog, keep_floor=None):
+        clock.now += 2.0 * catalog.num_images
+        return score_original(self, catalog, keep_floor)
+
+    def fit(self, per_step):
+        fit_original(self, per_step)
+        reserved.append(self._val_seconds)
+
+    monkeypatch.setattr(train_module.Trainer, "clock", staticmethod(clock))
+    monkeypatch.setattr(train_module.Trainer, "_step", step)
+    monkeypatch.setattr(train_module.Trainer, "_score", score)
+    monkeypatch.setattr(train_module.Trainer, "_fit_budget", fit)
+    monkeypatch.setattr(train_module.Trainer, "VAL_PROBE_IMAGES", 4)
+    cfg = tiny_config(data, tmp_path, optim__epochs=1, optim__time_budget=1.0)
+    run = train(cfg)
+    assert reserved[0] == pytest.approx(16.0)
+    assert clock.now <= 60  # the last validation included, and no calibration pass after it
+    assert load_yaml(run / "resolved.yaml")["schedule"]["total_steps"] >= 20

@@ -273,3 +273,38 @@ def test_torchrun_two_cpu_processes(easy_data: Path, tmp_path: Path):
     # 8 images, 2 ranks x batch 2 → 2 steps per epoch on each rank.
     assert ckpt["state"]["global_step"] == 4
     assert len(pd.read_csv(tmp_path / "ddp" / "metrics.csv")) == 2
+
+
+def test_torchrun_with_a_time_budget_stops_every_rank_at_the_same_step(
+    easy_data: Path, tmp_path: Path
+):
+    """Each rank has its own clock; rank 0's fit is the one all follow (else one rank stops
+    while the other waits in an all-reduce for ever)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "defectdet",
+        "train",
+        str(easy_data),
+        "--project",
+        str(tmp_path),
+        "--name",
+        "ddp",
+        "--time-budget",
+        "0.3",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        *TINY_MODEL_ARGS,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
+    assert ckpt["state"]["global_step"] == ckpt["state"]["total_steps"] > 0

@@ -112,6 +112,16 @@ class ModelConfig:
         allowed="0 (from the data) or a multiple of 32",
         panel=_M,
     )
+    image_head: float = opt(
+        0.0,
+        "Weight of an image-level defect/ok head beside the detector (pooled FPN features, "
+        "binary cross-entropy on every image, good parts included, so they teach more than "
+        "easy background anchors); its score joins the box scores in the image verdict and "
+        "AUROC (0 = off).",
+        low=0,
+        high=10,
+        panel=_M,
+    )
     train_tile: int = opt(
         0,
         "Train on random SIZE px crops of the original images (native resolution; at least "

@@ -5,7 +5,8 @@ batch in Python, so exporting the whole detector bakes the batch size in (the tr
 the loop) and data-dependent shapes (top-k, NMS) are awkward in ONNX. The graph therefore maps
 ``images`` float32 (B, 3, S, S) in 0..1 (normalised inside the graph; B dynamic, S fixed) to
 ``cls_logits`` (B, A, K) and ``bbox_regression`` (B, A, 4), with ``anchors`` (A, 4) as a
-constant third output; decoding, thresholds and class-wise NMS run outside it with the same
+constant third output (and ``image_logits`` (B,) fourth, for a model with an image head);
+decoding, thresholds and class-wise NMS run outside it with the same
 decoding as the PyTorch model (:func:`defectdet.model.postprocess.decode_detections`). Class
 names, image size, anchors per level and the post-processing defaults are stored in
 ``metadata_props``.
@@ -87,6 +88,11 @@ def export(
     if fmt == "onnx":
         data = onnx_bytes(model, size, names, opset, op, spec.train_tile)
         diffs = check_onnx(model, data, batch) if check else {}
+    elif spec.image_head:
+        raise ConfigError(
+            "TorchScript export holds torchvision's own RetinaNet, which has no image head: "
+            "export this model with --format onnx"
+        )
     else:
         data = torchscript_bytes(model, size, names, op)
         diffs = check_torchscript(model, data, batch) if check else {}
@@ -130,7 +136,8 @@ def enforce_tolerances(diffs: dict[str, float], out: Path) -> None:
 class RawRetinaNet(nn.Module):
     """Backbone + FPN + head of a RetinaNet for (B, 3, S, S) float 0..1 input; returns
     ``cls_logits`` (B, A, K), ``bbox_regression`` (B, A, 4) and the constant ``anchors``
-    (A, 4) in input pixels, in the order torchvision's post-processing expects."""
+    (A, 4) in input pixels, in the order torchvision's post-processing expects; then
+    ``image_logits`` (B,) when the head has an image head."""
 
     def __init__(self, model: nn.Module, image_size: int) -> None:
         super().__init__()
@@ -141,10 +148,11 @@ class RawRetinaNet(nn.Module):
         self.register_buffer("anchors", anchors)
         self.anchors_per_level = per_level
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         x = (images - self.mean) / self.std
         out = self.head(list(self.backbone(x).values()))
-        return out["cls_logits"], out["bbox_regression"], self.anchors
+        raw = (out["cls_logits"], out["bbox_regression"], self.anchors)
+        return (*raw, out["image_logits"]) if "image_logits" in out else raw
 
 
 @torch.no_grad()
@@ -170,6 +178,9 @@ def onnx_bytes(
     raw = RawRetinaNet(model, image_size).eval()
     example = torch.rand(2, 3, image_size, image_size)
     buf = io.BytesIO()
+    outputs = ["cls_logits", "bbox_regression", "anchors"]
+    if getattr(model.head, "image_head", None) is not None:
+        outputs.append("image_logits")
     batch = {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter, not user-actionable
@@ -180,8 +191,8 @@ def onnx_bytes(
             opset_version=opset,
             dynamo=False,
             input_names=["images"],
-            output_names=["cls_logits", "bbox_regression", "anchors"],
-            dynamic_axes={"images": batch, "cls_logits": batch, "bbox_regression": batch},
+            output_names=outputs,
+            dynamic_axes={"images": batch, **{k: batch for k in outputs if k != "anchors"}},
         )
     proto = onnx.load_from_string(buf.getvalue())
     meta = {
@@ -218,10 +229,14 @@ def check_onnx(model: nn.Module, data: bytes, batch: Tensor) -> dict[str, float]
         flat = regression.reshape(-1, 4)
         return model.box_coder.decode_single(flat, anchors.repeat(len(regression), 1))
 
-    return {
+    diffs = {
         "scores": float((got[0].sigmoid() - ref[0].sigmoid()).abs().max()),
         "boxes": float((boxes(got[1], got[2]) - boxes(ref[1], ref[2])).abs().max()),
     }
+    if len(ref) > 3:  # the image head's probability is a score too
+        image = float((got[3].sigmoid() - ref[3].sigmoid()).abs().max())
+        diffs["scores"] = max(diffs["scores"], image)
+    return diffs
 
 
 def _real_images(source: str | Path, image_size: int, n: int) -> list[Tensor]:

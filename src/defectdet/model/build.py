@@ -11,8 +11,9 @@ The model takes a list of (3, H, W) float images in 0..1 (RGB, not normalised), 
 tensor, with the longest side equal to ``spec.image_size`` (other sizes are resized, as
 torchvision does, and detections mapped back). Targets: ``boxes`` (G, 4) float xyxy in input
 pixels and ``labels`` (G,) int64 in ``0..K-1`` (no background class). Train mode returns the
-losses ``classification`` and ``bbox_regression``; eval mode returns per image ``boxes``,
-``scores``, ``labels``.
+losses ``classification`` and ``bbox_regression`` (and ``image`` with an image head); eval mode
+returns per image ``boxes``, ``scores``, ``labels`` (and ``image_score``, the image head's
+defect probability, a 0-d tensor).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def build_model(
         norm_layer=partial(nn.GroupNorm, math.gcd(32, spec.fpn_channels)) if v2 else None,
         criterion=criterion,
         box_loss="giou" if v2 else "l1",
+        image_head=spec.image_head,
     )
     model = DefectRetinaNet(
         backbone,
@@ -327,6 +329,7 @@ class DefectRetinaNetHead(RetinaNetHead):
         norm_layer: e.g. ``partial(nn.GroupNorm, 32)`` for the v2 head; None = no norm.
         criterion: the training losses (None: inference only).
         box_loss: "l1" (torchvision v1), "smooth_l1" or "giou" (v2).
+        image_head: add an :class:`ImageHead` (output ``image_logits`` (B,)).
     """
 
     def __init__(
@@ -338,8 +341,10 @@ class DefectRetinaNetHead(RetinaNetHead):
         norm_layer=None,
         criterion: Criterion | None = None,
         box_loss: BoxLoss = "l1",
+        image_head: bool = False,
     ) -> None:
         super().__init__(in_channels, num_anchors, num_classes, norm_layer=norm_layer)
+        self.image_head = ImageHead(in_channels) if image_head else None
         for branch in (self.classification_head, self.regression_head):
             _set_convs(branch, in_channels, num_convs, norm_layer)
         self.box_loss = box_loss
@@ -347,6 +352,14 @@ class DefectRetinaNetHead(RetinaNetHead):
         if criterion is not None:
             criterion.check_classes(num_classes)
         self.criterion = criterion
+
+    def forward(self, x: list[Tensor]) -> dict[str, Tensor]:
+        """L feature maps (B, C, H_l, W_l) -> ``cls_logits`` (B, A, K), ``bbox_regression``
+        (B, A, 4) and, with an image head, ``image_logits`` (B,)."""
+        out = super().forward(x)
+        if self.image_head is not None:
+            out["image_logits"] = self.image_head(x)
+        return out
 
     def compute_loss(
         self,
@@ -364,9 +377,63 @@ class DefectRetinaNetHead(RetinaNetHead):
         )
 
 
+class ImageHead(nn.Module):
+    """An image-level defect/ok logit from the FPN levels.
+
+    Each level is average- and max-pooled (max keeps a defect of a few pixels visible in a large
+    image), the levels are averaged, and a two-layer MLP gives one logit. Trained with binary
+    cross-entropy on every image, good parts included: with focal loss a good part's anchors are
+    all easy negatives and teach almost nothing; this term makes every image count.
+
+    Args:
+        channels: FPN width C.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, 1)
+        )
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """L maps (B, C, H_l, W_l) -> (B,) logits."""
+        pooled = [torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1) for f in features]
+        return self.mlp(torch.stack(pooled).mean(dim=0).float()).squeeze(1)
+
+
 class DefectRetinaNet(RetinaNet):
     """torchvision's RetinaNet whose decoding is :func:`decode_detections` (shared with the
-    ONNX backend) and whose post-processing is set with :meth:`configure`."""
+    ONNX backend), whose post-processing is set with :meth:`configure`, and which carries the
+    head's image-level score (when it has one) into each image's detections."""
+
+    def forward(
+        self, images: list[Tensor] | Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """torchvision's forward without the per-call target checks (the data layer checks
+        boxes once); see the module docstring for I/O."""
+        if torch.jit.is_scripting() or torchvision._is_tracing():
+            return super().forward(images, targets)
+        if self.training and targets is None:
+            raise ValueError("targets are needed in training mode")
+        original_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        batch, targets = self.transform(images, targets)
+        features = list(self.backbone(batch.tensors).values())
+        head_outputs = self.head(features)
+        anchors = self.anchor_generator(batch, features)
+        if self.training:
+            return self.compute_loss(targets, head_outputs, anchors)
+        image_logits = head_outputs.pop("image_logits", None)
+        per_level = [f.size(2) * f.size(3) for f in features]
+        a = head_outputs["cls_logits"].size(1) // sum(per_level)
+        per_level = [hw * a for hw in per_level]
+        split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(x.split(per_level)) for x in anchors]
+        detections = self.postprocess_detections(split, split_anchors, batch.image_sizes)
+        detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        if image_logits is not None:
+            for det, logit in zip(detections, image_logits.float().sigmoid(), strict=True):
+                det["image_score"] = logit
+        return detections
 
     def configure(self, settings: PostprocessSettings) -> None:
         self.settings = settings

@@ -163,12 +163,21 @@ class Criterion(nn.Module):
     Args:
         cfg: the loss options (``loss`` picks the classification loss from the registry).
         class_weights: (K,) multiplies every class-k term, positive and negative; None = 1.
+        image_weight: weight of the ``image`` term (binary cross-entropy of the head's
+            ``image_logits`` against "has a defect", averaged over the batch); used when the
+            head gives image logits.
 
     Called by the head (:class:`~defectdet.model.build.DefectRetinaNetHead`) in training mode.
     """
 
-    def __init__(self, cfg: LossConfig | None = None, class_weights: Sequence[float] | None = None):
+    def __init__(
+        self,
+        cfg: LossConfig | None = None,
+        class_weights: Sequence[float] | None = None,
+        image_weight: float = 1.0,
+    ):
         super().__init__()
+        self.image_weight = float(image_weight)
         cfg = cfg or LossConfig()
         if cfg.loss not in CLASSIFICATION_LOSSES:
             raise ConfigError(
@@ -205,14 +214,15 @@ class Criterion(nn.Module):
 
         Args:
             targets: per image ``boxes`` (G_i, 4) and ``labels`` (G_i,) in 0..K-1.
-            head_outputs: ``cls_logits`` (B, A, K) and ``bbox_regression`` (B, A, 4).
+            head_outputs: ``cls_logits`` (B, A, K) and ``bbox_regression`` (B, A, 4); optional
+                ``image_logits`` (B,).
             anchors: B tensors (A, 4).
             matched_idxs: B tensors (A,): matched box index, -1 background, -2 ignored.
             box_coder: encodes/decodes box regressions against anchors.
             box_loss: "l1" (torchvision v1), "smooth_l1" or "giou" (v2).
 
         Returns:
-            ``classification`` and ``bbox_regression`` scalars.
+            ``classification`` and ``bbox_regression`` scalars (and ``image`` with image logits).
         """
         matched = torch.stack(matched_idxs)  # (B, A)
         foreground = matched >= 0
@@ -235,7 +245,18 @@ class Criterion(nn.Module):
             box_coder,
             box_loss,
         )
-        return {"classification": cls, "bbox_regression": box}
+        losses = {"classification": cls, "bbox_regression": box}
+        if "image_logits" in head_outputs:
+            losses["image"] = self._image_loss(head_outputs["image_logits"], targets)
+        return losses
+
+    def _image_loss(self, image_logits: Tensor, targets: list[dict[str, Tensor]]) -> Tensor:
+        """(B,) logits vs 1 for images with a box, 0 for good parts; mean over the batch."""
+        truth = torch.tensor(
+            [float(len(t["labels"]) > 0) for t in targets], device=image_logits.device
+        )
+        loss = F.binary_cross_entropy_with_logits(image_logits.float(), truth)
+        return self.image_weight * loss
 
     def _classification_loss(
         self,

@@ -40,6 +40,7 @@ class ModelSpec:
     aspect_ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     init: str = "scratch"
     train_tile: int = 0  # trained on crops of this many px of the originals (0 = whole images)
+    image_head: bool = False  # an image-level defect/ok logit beside the boxes
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +76,7 @@ class ModelSpec:
             aspect_ratios=list(aspect_ratios or [0.5, 1.0, 2.0]),
             init=init,
             train_tile=cfg.train_tile,
+            image_head=cfg.image_head > 0,
         )
 
     def to_dict(self) -> dict[str, Any]:

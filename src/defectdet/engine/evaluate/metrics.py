@@ -53,8 +53,9 @@ class MetricsResult:
     """Every figure of one evaluation: what ``evaluate`` prints and writes, what a row of
     ``metrics.csv`` holds (:meth:`flat`) and what ``compare`` tabulates.
 
-    ``image_truth`` / ``image_score`` (per image: has a defect; best detection score) are kept
-    for operating-point questions such as :meth:`recall_at_false_alarm`.
+    ``image_truth`` / ``image_score`` (per image: has a defect; its defect score, the best
+    detection score or its mix with an image head's) are kept for operating-point questions such
+    as :meth:`recall_at_false_alarm`.
     """
 
     map: float | None
@@ -288,7 +289,8 @@ def _accumulate(
 def image_scores(
     catalog: Catalog, detections: list[Detections], thresholds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per image (catalogue order): truth (has a defect), max score, verdict (any box passes)."""
+    """Per image (catalogue order): truth (has a defect), defect score (the best box score, or
+    its mix with an image head's, :attr:`Detections.defect_score`), verdict (any box passes)."""
     by_image = {d.image_id: d for d in detections}
     ids = catalog.images["image_id"].to_numpy()
     truth = ~catalog.background_mask()
@@ -296,8 +298,8 @@ def image_scores(
     verdict = np.zeros(len(ids), dtype=bool)
     for i, image_id in enumerate(ids):
         d = by_image.get(int(image_id))
-        if d is not None and len(d.scores):
-            score[i] = float(d.scores.max())
+        if d is not None:
+            score[i] = d.defect_score
             verdict[i] = bool(d.passed(thresholds).any())
     return truth, score, verdict
 

@@ -45,21 +45,29 @@ def score_catalog(
     workers: int,
     tiles: TileConfig | None = None,
     label_map: np.ndarray | None = None,
+    keep_floor: float | None = None,
 ) -> tuple[MetricsResult, list[Detections]]:
     """Metrics and detections of ``detector`` on ``catalog``.
 
     ``label_map`` (K_model,) maps the model's class indices to the catalogue's (when the data
     lists classes in another order or has more of them); data classes the model lacks are
-    thresholded at ``--conf`` (or the default).
+    thresholded at ``--conf`` (or the default). ``keep_floor``: the detections returned go down
+    to this score (train-time validation keeps them for calibration); the metrics still see
+    exactly the detections of the usual floor (a lower floor only adds boxes below it: none of
+    them can suppress a higher-scoring box in NMS or push it out of the top-k).
     """
     inference = Inference(detector, infer, tiles)
-    dets = detect_catalog(inference, catalog, batch_size, workers)
+    usual = inference.floor
+    if keep_floor is not None and keep_floor < usual:
+        inference = Inference(detector, infer, tiles, floor=keep_floor)
+    kept = detect_catalog(inference, catalog, batch_size, workers)
     thresholds = inference.thresholds
     if label_map is not None:
-        for d in dets:
+        for d in kept:
             d.labels = label_map[d.labels]
         thresholds = np.full(catalog.num_classes, float(infer.conf or DEFAULT_CONF))
         thresholds[label_map] = inference.thresholds
+    dets = [d.above(usual) for d in kept] if inference.floor < usual else kept
     metrics = evaluate_detections(catalog, dets, thresholds)
     metrics.threshold_source = inference.threshold_source
-    return metrics, dets
+    return metrics, kept

@@ -1,7 +1,8 @@
 """Detectors: one interface for every backend. A detector has ``class_names``, ``image_size``
 and ``configure(PostprocessSettings)``, and is called on uint8 (B, 3, S, S) batches; it
 returns, per image, ``boxes`` (N, 4) xyxy in model-input pixels, ``scores`` (N,) and 0-based
-``labels`` (N,) as CPU tensors.
+``labels`` (N,) as CPU tensors, and ``image_score`` (a 0-d tensor) from a model with an image
+head.
 
 - :class:`TorchDetector`: a model in memory (train-time validation) or from a checkpoint.
 - :class:`OnnxDetector`: an exported ``.onnx`` file run by onnxruntime. The file holds the
@@ -32,6 +33,7 @@ class Detector(Protocol):
     image_size: int
     operating_point: dict | None  # calibrated thresholds and their evidence, when stored
     train_tile: int  # the tile size the model was trained on; inference tiles so by default
+    image_head: bool  # the model scores each image as a whole too (``image_score``)
 
     def configure(self, settings: PostprocessSettings) -> None: ...
 
@@ -56,6 +58,7 @@ class TorchDetector:
         self.dtype = dtype or amp_dtype(device)
         self.operating_point: dict | None = None
         self.train_tile = 0  # the tile size the model was trained on (0 = whole images)
+        self.image_head = getattr(model.head, "image_head", None) is not None
 
     @classmethod
     def for_spec(
@@ -139,21 +142,21 @@ class OnnxDetector:
         )
         self.operating_point = json.loads(meta.get("operating_point") or "null")
         self.train_tile = int(meta.get("train_tile") or 0)
+        self.image_head = len(self.session.get_outputs()) > 3  # image_logits after anchors
 
     def configure(self, settings: PostprocessSettings) -> None:
         self.settings = settings
 
-    def raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def raw(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """uint8 or float (B, 3, S, S) -> cls_logits (B, A, K), bbox_regression (B, A, 4),
-        anchors (A, 4)."""
+        anchors (A, 4) and, from a model with an image head, image_logits (B,)."""
         x = batch.float().div(255) if batch.dtype == torch.uint8 else batch.float()
-        cls, reg, anchors = self.session.run(None, {"images": x.numpy()})
-        return torch.from_numpy(cls), torch.from_numpy(reg), torch.from_numpy(anchors)
+        return tuple(torch.from_numpy(a) for a in self.session.run(None, {"images": x.numpy()}))
 
     def __call__(self, batch: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        cls, reg, anchors = self.raw(batch)
+        cls, reg, anchors, *image = self.raw(batch)
         split = self.anchors_per_level
-        return decode_detections(
+        dets = decode_detections(
             list(cls.split(split, dim=1)),
             list(reg.split(split, dim=1)),
             list(anchors.split(split)),
@@ -161,6 +164,9 @@ class OnnxDetector:
             self.box_coder,
             self.settings,
         )
+        for det, logit in zip(dets, image[0].sigmoid() if image else (), strict=False):
+            det["image_score"] = logit
+        return dets
 
 
 def import_onnxruntime():

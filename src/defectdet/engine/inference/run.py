@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -35,12 +35,30 @@ from defectdet.model.postprocess import AP_SCORE_FLOOR, PostprocessSettings
 class Detections:
     """Predictions for one image: ``boxes`` (N, 4) xyxy in original pixels, ``scores`` (N,),
     ``labels`` (N,) 0-based class ids; ``image_id`` says which image (a catalogue id, or the
-    input's position)."""
+    input's position); ``image_score``: the image head's defect probability (models with one;
+    the highest of a tiled image's tiles), else None."""
 
     image_id: int
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    image_score: float | None = None
+
+    @property
+    def defect_score(self) -> float:
+        """How defective the image looks, for ranking images (AUROC, ROC, recall at a false-alarm
+        rate): the best box score; with an image head, the mean of that and the head's
+        probability (see docs/benchmarks.md for the rules compared)."""
+        box = float(self.scores.max()) if len(self.scores) else 0.0
+        return box if self.image_score is None else (box + self.image_score) / 2
+
+    def above(self, floor: float) -> Detections:
+        """A copy holding only the detections scoring above ``floor`` (as the decoding keeps
+        them: strictly)."""
+        keep = self.scores > floor
+        return replace(
+            self, boxes=self.boxes[keep], scores=self.scores[keep], labels=self.labels[keep]
+        )
 
     def passed(self, thresholds: np.ndarray) -> np.ndarray:
         """(N,) bool: the score reaches its class's threshold ((K,) array)."""
@@ -107,8 +125,8 @@ class Inference:
         self.thresholds, self.threshold_source = class_thresholds(
             infer, self.class_names, stored.get("thresholds")
         )
-        floor = float(min(floor, self.thresholds.min()))
-        detector.configure(PostprocessSettings(floor, infer.iou, infer.max_det))
+        self.floor = float(min(floor, self.thresholds.min()))
+        detector.configure(PostprocessSettings(self.floor, infer.iou, infer.max_det))
         self.timings = {"wait_for_data": 0.0, "model": 0.0, "postprocess": 0.0}
 
     def run(
@@ -177,4 +195,7 @@ def merge_tiles(
     # square input; clipped to the real image they may overlap more than --iou.
     keep = batched_nms(b, s, lab, infer.iou)[: infer.max_det]  # sorted by score
     b, s, lab = b[keep], s[keep], lab[keep]
-    return Detections(meta.index, b.numpy(), s.numpy(), lab.numpy().astype(np.int64))
+    image = [float(p["image_score"]) for p in preds if "image_score" in p]
+    return Detections(
+        meta.index, b.numpy(), s.numpy(), lab.numpy().astype(np.int64), max(image, default=None)
+    )

@@ -97,7 +97,12 @@ def predict(
         run.paths = [s.path for s in sources]
     t0 = time.perf_counter()
     with (
-        PredictionWriter(out_dir, inference.class_names, output.save_images) as writer,
+        PredictionWriter(
+            out_dir,
+            inference.class_names,
+            output.save_images,
+            getattr(detector, "image_head", False),
+        ) as writer,
         RateProgress("predict", len(sources), output.progress) as bar,
     ):
         for batch in inference.run(sources, rt.batch_size, rt.workers, output.save_images):

@@ -8,7 +8,9 @@ Files in the output folder:
 - ``images.csv``: one row per image: file_name, width, height, verdict (``defect`` when any box
   passes its threshold, else ``ok``), n_boxes (kept boxes), and ``max_score_<class>`` per class:
   the highest score of that class among all detections the model returned, below the threshold
-  too (empty when none), for choosing thresholds later.
+  too (empty when none), for choosing thresholds later; from a model with an image head
+  (``train --image-head``) also ``image_score`` (the head's defect probability) and
+  ``defect_score`` (the score images are ranked by, as in ``evaluate``'s AUROC).
 - ``predictions.json``: COCO results (image_id, category_id 1..K, bbox xywh, score) plus
   ``file_name``, ``class_name`` and ``above_threshold``: every detection the model returned
   (down to the AP floor), unrounded, so pycocotools scores it exactly as ``evaluate`` does;
@@ -69,8 +71,14 @@ class PredictionWriter:
     """Append per-image results; ``finish()`` writes ``predictions.json``. Use as a context
     manager: files are closed (and what was written stays) whatever happens."""
 
-    def __init__(self, out_dir: Path, class_names: list[str], save_images: bool = False) -> None:
-        self.out_dir, self.class_names = out_dir, class_names
+    def __init__(
+        self,
+        out_dir: Path,
+        class_names: list[str],
+        save_images: bool = False,
+        image_head: bool = False,
+    ) -> None:
+        self.out_dir, self.class_names, self.image_head = out_dir, class_names, image_head
         ensure_dir(out_dir)
         self._files: list[_Stream] = []
         self._boxes = self._csv(
@@ -85,6 +93,7 @@ class PredictionWriter:
                 "verdict",
                 "n_boxes",
                 *(f"max_score_{c}" for c in class_names),
+                *(("image_score", "defect_score") if image_head else ()),
             ],
         )
         self._jsonl = self._open("predictions.jsonl")
@@ -165,12 +174,18 @@ class PredictionWriter:
                 "defect" if n_kept else "ok",
                 n_kept,
                 *("" if m is None else round(m, 5) for m in maxes),
+                *(self._image_scores(det) if self.image_head else ()),
             ]
         )
         if self.images_dir is not None and image is not None:
             self._save_image(
                 name, image, det.boxes[keep], det.scores[keep], det.labels[keep].astype(np.int64)
             )
+
+    @staticmethod
+    def _image_scores(det: Detections) -> tuple:
+        image = "" if det.image_score is None else round(det.image_score, 5)
+        return image, round(det.defect_score, 5)
 
     def flush(self) -> None:
         """Push rows to the OS (after each batch): a crash later loses nothing written here."""

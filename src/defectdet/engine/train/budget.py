@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import math
 
-from defectdet.config import TileConfig
-from defectdet.data.preprocess import tile_grid
+import defectdet.engine.train.distributed as ddp
 from defectdet.engine.train.schedule import set_total_steps
 
 
 class BudgetMixin:
     PROBE_STEPS = 8  # steps timed (after 2 warm-up ones) before the first fit
     VAL_SHARE = 0.15  # periodic validations take at most this share of the budget
+    VAL_PROBE_IMAGES = 32  # validation images timed to foresee a validation's cost
 
     def _budget_probe(self) -> None:
         """Fit the schedule to the budget once the first steps have been timed."""
@@ -27,16 +27,22 @@ class BudgetMixin:
 
     def _fit_budget(self, per_step: float) -> None:
         """Steps that fit in what is left of the budget at ``per_step`` seconds each, keeping
-        room for the validations still to come and the final validation and calibration; the
-        learning-rate schedule is redefined over them (warm-up and cosine end on time).
+        room for the validations still to come, the final validation and (unless it reuses that
+        validation's detections) calibration; the learning-rate schedule is redefined over them
+        (warm-up and cosine end on time).
 
         Periodic validations are thinned (a longer effective --eval-interval) so that together
         they take at most :attr:`VAL_SHARE` of the budget: on a large validation split they
         would otherwise eat the training time."""
         spent = self.state["elapsed"] + (self.clock() - self._epoch_start)
         per_epoch = max(len(self.loader), 1)
-        val = self._val_seconds or self._val_guess(per_step)
-        available = self.budget - spent - 2 * val  # the last validation, then calibration
+        if not self._val_seconds:
+            self._val_seconds = self._time_validation()
+        val = self._val_seconds
+        # The last validation, then calibration: on that validation's detections when it can
+        # (no second pass), else a pass of its own.
+        calibration = 0.0 if self.calibration_reuses_validation() else val
+        available = self.budget - spent - val - calibration
         train_epoch = per_epoch * max(per_step, 1e-9)
         rough_epochs = self.state["epoch"] + max(available, 0.0) / train_epoch
         allowed = max(int(self.VAL_SHARE * self.budget / max(val, 1e-9)), 1)
@@ -46,6 +52,8 @@ class BudgetMixin:
         total = self.state["global_step"] + steps
         if self.cfg.run.max_steps:
             total = min(total, self.cfg.run.max_steps)
+        # Under DDP every rank must stop at the same step: rank 0's clock decides for all.
+        total, self.eval_every = ddp.broadcast(self.info, (total, self.eval_every))
         epochs = math.ceil(total / per_epoch)
         self.state.update(total_steps=total, epochs=epochs)
         self._set_schedule(total)
@@ -57,18 +65,20 @@ class BudgetMixin:
             "eval_interval": self.eval_every,
         }
 
-    def _val_guess(self, per_step: float) -> float:
-        """Seconds of one validation before any was timed: a forward pass costs about a third
-        of a training step per image (or tile: validation tiles as --train-tile trained); half
-        a step per image leaves room for scoring."""
+    def _time_validation(self) -> float:
+        """Seconds one validation will take before any was run: the validation path (the same
+        preprocessing, tiles and scoring) timed on the split's first images, scaled to all of
+        them. A guess from the step time was off by half on a 1,000-image split and, since a
+        budget keeps room for the last validation, cost minutes of training. Rank 0 only (the
+        others follow its fit)."""
         val = self.data.val
         if not self.info.is_main or not val.num_images:
             return 0.0
-        images = val.num_images
-        if self.resolved.spec.train_tile:
-            w, h = (int(val.images[k].median()) for k in ("width", "height"))
-            images *= len(tile_grid(w, h, self.resolved.spec.train_tile, TileConfig().tile_overlap))
-        return images * per_step / max(self.cfg.optim.batch_size, 1) * 0.5
+        n = min(val.num_images, self.VAL_PROBE_IMAGES)
+        sample = val.subset(val.images["image_id"].iloc[:n].tolist())
+        t = self.clock()
+        self._score(sample)
+        return (self.clock() - t) * val.num_images / n
 
     def _set_schedule(self, total_steps: int) -> None:
         """Warm-up and decay defined over ``total_steps`` (from where training stands)."""

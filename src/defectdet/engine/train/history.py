@@ -15,6 +15,7 @@ _LINE = (
     "train_loss",
     "train_cls",
     "train_box",
+    "train_img",
     "map50",
     "mean_class_ap50",
     "defect_recall",
@@ -65,7 +66,7 @@ def history_figure(df: pd.DataFrame, class_names: list[str]):
 
     fig = Figure(figsize=(11, 4), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
-    for k in ("train_loss", "train_cls", "train_box"):
+    for k in ("train_loss", "train_cls", "train_box", "train_img"):
         if k in df:
             ax1.plot(df["epoch"], df[k], marker="o", label=k.removeprefix("train_"))
     ax1.set(xlabel="epoch", ylabel="loss", title="training loss")

@@ -39,12 +39,9 @@ from defectdet.data.augment import (
 from defectdet.data.dataset import DetectionDataset, make_loader, set_epoch
 from defectdet.data.sampling import EpochSampler
 from defectdet.engine.evaluate.metrics import MetricsResult
-from defectdet.engine.evaluate.score import score_catalog
-from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.progress import RateProgress, print_sampling
 from defectdet.engine.train.budget import BudgetMixin
 from defectdet.engine.train.checkpointing import CheckpointMixin
-from defectdet.engine.train.finish import CalibrationMixin
 from defectdet.engine.train.history import History
 from defectdet.engine.train.interrupt import ResumableSampler, _GracefulInterrupt
 from defectdet.engine.train.mining import MiningMixin
@@ -55,6 +52,7 @@ from defectdet.engine.train.schedule import (
     build_scheduler,
 )
 from defectdet.engine.train.setup import Resolved, load_run_data, new_run_dir, resolve
+from defectdet.engine.train.validation import ValidationMixin
 from defectdet.errors import CheckpointError, ConfigError, DefectdetError
 from defectdet.io import write_text
 from defectdet.model import (
@@ -128,9 +126,9 @@ def resume_checkpoint(path: str | Path) -> tuple[Path, dict]:
     return run_dir, ckpt
 
 
-class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
-    """One training run: set-up, the loop, checkpoints; the time budget, mining and the final
-    calibration come from their mixins."""
+class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, ValidationMixin):
+    """One training run: set-up, the loop, checkpoints; the time budget, mining, validation and
+    the final calibration come from their mixins."""
 
     def __init__(
         self, cfg: TrainConfig, info: ddp.DistInfo, resume: tuple[Path, dict] | None = None
@@ -155,7 +153,7 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
         self.amp = autocast_enabled(cfg.run.amp, self.device)
         self.channels_last = channels_last_enabled(cfg.run.channels_last, self.device)
         spec = self.resolved.spec
-        criterion = Criterion(cfg.loss, self.resolved.class_weights)
+        criterion = Criterion(cfg.loss, self.resolved.class_weights, cfg.model.image_head)
         model = build_model(spec, criterion, trainable_layers=cfg.model.trainable_backbone_layers)
         if ckpt is None:
             load_initial_weights(model, spec, cfg.model.weights, cfg.model.backbone_weights)
@@ -314,11 +312,9 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
             self.ema.update_parameters(self.model)
         self.state["global_step"] += 1
         self.state["step_in_epoch"] += 1
-        parts = {
-            "loss": float(loss.detach()),
-            "cls": float(loss_dict["classification"].detach()),
-            "box": float(loss_dict["bbox_regression"].detach()),
-        }
+        short = {"classification": "cls", "bbox_regression": "box", "image": "img"}
+        parts = {"loss": float(loss.detach())}
+        parts.update((short[k], float(v.detach())) for k, v in loss_dict.items())
         return ddp.all_reduce_mean(self.info, parts)
 
     def _out_of_steps(self) -> bool:
@@ -358,15 +354,6 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
         stop = bool(ddp.broadcast(self.info, stop))
         return stop or self._out_of_steps()
 
-    def validate(self) -> MetricsResult:
-        """The model scored on the validation split by the same path as ``evaluate``."""
-        spec, cfg = self.resolved.spec, self.cfg
-        model = self.ema.module if self.ema is not None else self.model
-        detector = TorchDetector.for_spec(model, spec, self.device, self.amp, self.channels_last)
-        rt = cfg.runtime()
-        metrics, _ = score_catalog(detector, self.data.val, cfg.infer, rt.batch_size, rt.workers)
-        return metrics
-
     def _record(
         self,
         epoch: int,
@@ -391,6 +378,7 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, CalibrationMixin):
                 best=value if value is not None else -math.inf, best_epoch=epoch + 1, bad_epochs=0
             )
             save_checkpoint(self.run_dir / "weights" / "best.pt", self._payload(False, metrics))
+            self._best_dets = self._val_dets if metrics is not None else None
         elif metrics is not None:
             self.state["bad_epochs"] += 1
         self._save_last()
