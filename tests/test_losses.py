@@ -13,8 +13,8 @@ from torchvision.ops import box_iou, sigmoid_focal_loss
 from defectdet.config import LossConfig, TrainConfig, validate
 from defectdet.errors import ConfigError
 from defectdet.model import ModelSpec, build_model
-from defectdet.model.build import DefectRetinaNetHead
 from defectdet.model.criterion import CLASSIFICATION_LOSSES, Criterion, LossNormalizer, focal_loss
+from defectdet.model.head import DefectRetinaNetHead
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -199,7 +199,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
 def test_nan_loss_stops_with_a_message_naming_the_step(
     easy_data: Path, tmp_path: Path, monkeypatch
 ):
-    from defectdet.model.build import DefectRetinaNetHead
+    from defectdet.model.head import DefectRetinaNetHead
 
     def nan_loss(self, *args, **kwargs):
         return {

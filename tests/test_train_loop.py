@@ -87,7 +87,7 @@ def test_grad_clip_bounds_the_update(easy_data: Path, tmp_path: Path, monkeypatc
     """Plain SGD (no momentum, no weight decay) moves the weights by lr x the gradient, so the
     update's norm / lr is the norm of the gradient it used: with a loss scaled up 10^4, exactly
     the --grad-clip limit with clipping, and far above it without."""
-    from defectdet.model.build import DefectRetinaNetHead
+    from defectdet.model.head import DefectRetinaNetHead
 
     compute_loss = DefectRetinaNetHead.compute_loss
 
@@ -207,7 +207,7 @@ def test_a_diverged_loss_exits_1_naming_epoch_and_step(
 ):
     """The loss turns NaN or infinite at the first step of epoch 2 (global step 3): exit 1 with
     one message naming where, what to change, and the last good checkpoint, which is intact."""
-    from defectdet.model.build import DefectRetinaNetHead
+    from defectdet.model.head import DefectRetinaNetHead
 
     compute_loss, calls = DefectRetinaNetHead.compute_loss, []
 

@@ -167,7 +167,7 @@ class Criterion(nn.Module):
             ``image_logits`` against "has a defect", averaged over the batch); used when the
             head gives image logits.
 
-    Called by the head (:class:`~defectdet.model.build.DefectRetinaNetHead`) in training mode.
+    Called by the head (:class:`~defectdet.model.head.DefectRetinaNetHead`) in training mode.
     """
 
     def __init__(
