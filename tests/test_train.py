@@ -241,7 +241,9 @@ def test_cli_train_never_overwrites_and_reports_bad_options(easy_data: Path, tmp
     assert odd_size.exit_code == 2 and "multiple of 32" in odd_size.output
 
 
-def test_torchrun_two_cpu_processes(easy_data: Path, tmp_path: Path):
+def run_torchrun_train(data: Path, project: Path, *options: str) -> None:
+    """``defectdet train`` under torchrun with two CPU processes (one thread each), into
+    ``project/ddp``; fails the test with the output's tail if it does not exit 0."""
     cmd = [
         sys.executable,
         "-m",
@@ -252,22 +254,25 @@ def test_torchrun_two_cpu_processes(easy_data: Path, tmp_path: Path):
         "-m",
         "defectdet",
         "train",
-        str(easy_data),
+        str(data),
         "--project",
-        str(tmp_path),
+        str(project),
         "--name",
         "ddp",
-        "--epochs",
-        "2",
         "--batch-size",
         "2",
         "--device",
         "cpu",
+        *options,
         *TINY_MODEL_ARGS,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_torchrun_two_cpu_processes(easy_data: Path, tmp_path: Path):
+    run_torchrun_train(easy_data, tmp_path, "--epochs", "2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # only rank 0 writes
     ckpt = load_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
     # 8 images, 2 ranks x batch 2 → 2 steps per epoch on each rank.
@@ -280,31 +285,6 @@ def test_torchrun_with_a_time_budget_stops_every_rank_at_the_same_step(
 ):
     """Each rank has its own clock; rank 0's fit is the one all follow (else one rank stops
     while the other waits in an all-reduce for ever)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "defectdet",
-        "train",
-        str(easy_data),
-        "--project",
-        str(tmp_path),
-        "--name",
-        "ddp",
-        "--time-budget",
-        "0.3",
-        "--batch-size",
-        "2",
-        "--device",
-        "cpu",
-        *TINY_MODEL_ARGS,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_torchrun_train(easy_data, tmp_path, "--time-budget", "0.3")
     ckpt = load_checkpoint(tmp_path / "ddp" / "weights" / "last.pt")
     assert ckpt["state"]["global_step"] == ckpt["state"]["total_steps"] > 0
