@@ -65,3 +65,32 @@ def test_best_pt_holds_the_average_and_resume_is_exact(tmp_path: Path, monkeypat
     again = load_checkpoint(resumed / "weights" / "last.pt")
     for name, tensor in last["ema"].items():
         assert torch.equal(tensor, again["ema"][name]), name
+
+
+@pytest.mark.slow
+def test_ema_ramp_follows_the_steps_a_time_budget_fits(tmp_path: Path, monkeypatch) -> None:
+    """The EMA is built before --time-budget has measured the speed (for a provisional million
+    steps); the fit must carry the run's real length into its ramp, or the 'average' would stay
+    at the current weights for the whole run."""
+    from test_time_budget import FakeClock
+
+    data = make_easy_dataset(tmp_path / "data", repeat=4)
+    clock = FakeClock(1.0)
+    original, seen = train_module.Trainer._step, {}
+
+    def step(self, images, targets):
+        clock.now += clock.per_step
+        return original(self, images, targets)
+
+    def finish(self):
+        seen.update(tau=self.ema.ramp.tau, total=self.state["total_steps"])
+        seen["decay"] = self.ema.ramp(self.state["total_steps"])
+
+    monkeypatch.setattr(train_module.Trainer, "clock", staticmethod(clock))
+    monkeypatch.setattr(train_module.Trainer, "_step", step)
+    monkeypatch.setattr(train_module.Trainer, "_finish", finish)
+    cfg = tiny_config(data, tmp_path, optim__epochs=1, optim__time_budget=1.0, optim__ema=0.9)
+    train(cfg)
+    assert 10 <= seen["total"] <= 60  # about a minute of 1-second steps
+    assert seen["tau"] == pytest.approx(seen["total"] / 10)
+    assert seen["decay"] == pytest.approx(0.9 * (1 - math.exp(-10)))  # fully ramped at the end

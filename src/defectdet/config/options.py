@@ -116,8 +116,9 @@ class ModelConfig:
         0.0,
         "Weight of an image-level defect/ok head beside the detector (pooled FPN features, "
         "binary cross-entropy on every image, good parts included, so they teach more than "
-        "easy background anchors); its score joins the box scores in the image verdict and "
-        "AUROC (0 = off).",
+        "easy background anchors); its probability joins the best box score in the per-image "
+        "defect score that ranks images (AUROC, ROC, images.csv); the pass/fail verdict stays "
+        "with the boxes (0 = off).",
         low=0,
         high=10,
         panel=_M,

@@ -81,5 +81,9 @@ class BudgetMixin:
         return (self.clock() - t) * val.num_images / n
 
     def _set_schedule(self, total_steps: int) -> None:
-        """Warm-up and decay defined over ``total_steps`` (from where training stands)."""
+        """Warm-up, decay and the EMA's ramp defined over ``total_steps`` (from where training
+        stands). The EMA was built before the fit, for a provisional million steps: left so, its
+        ramp would keep the average at the current weights for the whole run."""
         set_total_steps(self.scheduler, self.cfg.optim, total_steps)
+        if self.ema is not None:
+            self.ema.ramp.set_total_steps(total_steps)

@@ -63,23 +63,39 @@ def set_total_steps(
         group["lr"] = base * fn(step)
 
 
+class EmaRamp:
+    """The EMA's decay after ``updates`` updates: ``decay * (1 - exp(-updates / tau))``, as in
+    YOLO's ModelEMA, with ``tau`` a tenth of the run, so the early average is not dragged
+    towards the random initialisation. The run's length can change after the EMA is built
+    (``--time-budget`` fixes it from the measured speed): :meth:`set_total_steps` follows it."""
+
+    def __init__(self, decay: float, total_steps: int) -> None:
+        self.decay = decay
+        self.set_total_steps(total_steps)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.tau = max(min(total_steps, 20_000) / 10, 1.0)
+
+    def __call__(self, updates: int) -> float:
+        return self.decay * (1 - math.exp(-float(updates) / self.tau))
+
+
 def build_ema(
     model: nn.Module, decay: float, total_steps: int
 ) -> torch.optim.swa_utils.AveragedModel | None:
     """An exponential moving average of ``model``'s weights and buffers (torch's
-    ``AveragedModel``), or None when ``decay`` is 0. The decay ramps up as in YOLO's ModelEMA,
-    ``decay * (1 - exp(-updates / tau))`` with ``tau`` a tenth of the run, so the early average
-    is not dragged towards the random initialisation."""
+    ``AveragedModel``) with an :class:`EmaRamp` as ``.ramp``, or None when ``decay`` is 0."""
     if not decay:
         return None
-    tau = max(min(total_steps, 20_000) / 10, 1.0)
+    ramp = EmaRamp(decay, total_steps)
 
     @torch.no_grad()
     def update(averaged: list, current: list, updates) -> None:
         if not averaged[0].is_floating_point():  # counters (BatchNorm's batches seen): copy
             torch._foreach_copy_(averaged, current)
             return
-        d = decay * (1 - math.exp(-float(updates) / tau))
-        torch._foreach_lerp_(averaged, current, 1 - d)
+        torch._foreach_lerp_(averaged, current, 1 - ramp(updates))
 
-    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    ema.ramp = ramp
+    return ema
