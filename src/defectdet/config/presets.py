@@ -25,7 +25,7 @@ class Preset:
     values: dict[str, Any]
 
 
-_CPU_OPTIM = {"optimizer": "adamw", "lr": 0.002, "batch_size": 16, "warmup_iters": 50}
+_CPU_OPTIM = {"optimizer": "adamw", "lr": 0.001, "batch_size": 16, "warmup_iters": 50}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
