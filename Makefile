@@ -31,9 +31,10 @@ test: lint
 # exactly as analyze advises (the recipe line of its report), for DEMO_MINUTES of CPU time.
 demo: $(STAMP)
 	rm -rf $(DEMO_RUN)
-	$(VENV)/bin/defectdet analyze data_samples --json $(DEMO_RUN)/analysis.json --plot $(DEMO_RUN)/analysis.png
+	$(VENV)/bin/defectdet analyze data_samples --time-budget $(DEMO_MINUTES) \
+		--json $(DEMO_RUN)/analysis.json --plot $(DEMO_RUN)/analysis.png
 	$(VENV)/bin/$$($(PY) -c "import json; print(json.load(open('$(DEMO_RUN)/analysis.json'))['recipe']['command'])") \
-		--time-budget $(DEMO_MINUTES) --project $(DEMO_RUN) --name train
+		--project $(DEMO_RUN) --name train
 	$(VENV)/bin/defectdet predict data_samples/images --weights $(DEMO_RUN)/train/weights/best.pt \
 		--out $(DEMO_RUN)/predict --workers 0
 	$(VENV)/bin/defectdet evaluate data_samples --weights $(DEMO_RUN)/train/weights/best.pt \

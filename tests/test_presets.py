@@ -34,7 +34,8 @@ def flat(cfg: TrainConfig) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("cuda", "budget", "want"), [(False, 0, "s"), (False, 30, "s"), (False, 8, "n"), (True, 5, "m")]
+    ("cuda", "budget", "want"),
+    [(False, 0, "n"), (False, 30, "n"), (False, 60, "n"), (False, 90, "s"), (True, 5, "m")],
 )
 def test_auto_picks_by_device_and_budget(cuda: bool, budget: float, want: str) -> None:
     assert pick_preset(cuda, budget) == want
@@ -126,16 +127,18 @@ def test_analyze_advice_is_the_command_train_runs(tmp_path: Path) -> None:
         app, ["synth", str(data), "--images", "60", "--size", "96", "--seed", "1"]
     )
     assert synth.exit_code == 0, synth.output
-    result = runner.invoke(app, ["analyze", str(data), "--json", "-"])
+    result = runner.invoke(app, ["analyze", str(data), "--time-budget", "0.05", "--json", "-"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     recipe = report["recipe"]
-    assert recipe["preset"] == pick_preset(cuda=False)  # this machine has no GPU in CI
+    assert recipe["preset"] == pick_preset(False, 0.05)  # this machine has no GPU in CI
+    assert "--time-budget 0.05" in recipe["command"]
     assert any(recipe["command"] in line for line in report["advice"])
     argv = shlex.split(recipe["command"])
     assert argv[:2] == ["defectdet", "train"] and "--preset" in argv
-    run = _train(tmp_path, *argv[2:], *TINY)
-    assert load_yaml(run / "config.yaml")["model"]["preset"] == recipe["preset"]
+    run = _train(tmp_path, *argv[2:], "--workers", "0")  # as printed: the budget ends it
+    saved = load_yaml(run / "config.yaml")
+    assert saved["model"]["preset"] == recipe["preset"] and saved["optim"]["time_budget"] == 0.05
     spec = load_yaml(run / "resolved.yaml")["model_spec"]
     assert spec["image_size"] == recipe["image_size"]
     if report["imbalance_ratio"] and report["imbalance_ratio"] >= 5:
@@ -148,8 +151,27 @@ def test_analyze_names_the_preset_asked_for(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     recipe = json.loads(result.output)["recipe"]
     assert recipe["preset"] == "m" and "--preset m" in recipe["command"]
+    assert "--time-budget" not in recipe["command"]
     bad = runner.invoke(app, ["analyze", str(data), "--preset", "xl"])
     assert bad.exit_code == 2 and "--preset" in bad.output and "traceback" not in bad.output.lower()
+
+
+@pytest.mark.parametrize("budget", [20, 90])
+def test_analyze_names_the_preset_train_picks_for_the_budget(tmp_path: Path, budget: int) -> None:
+    data = make_easy_dataset(tmp_path / "data")
+    result = runner.invoke(app, ["analyze", str(data), "--time-budget", str(budget), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    recipe = json.loads(result.output)["recipe"]
+    assert recipe["preset"] == pick_preset(False, budget) and recipe["time_budget"] == budget
+    assert f"--preset {recipe['preset']} --time-budget {budget}" in recipe["command"]
+
+
+def test_analyze_rejects_a_negative_budget_as_train_does(tmp_path: Path) -> None:
+    data = make_easy_dataset(tmp_path / "data")
+    for command in ("analyze", "train"):
+        bad = runner.invoke(app, [command, str(data), "--time-budget", "-1"])
+        assert bad.exit_code == 2, bad.output
+        assert "--time-budget" in bad.output and "traceback" not in bad.output.lower()
 
 
 def test_every_preset_sets_the_same_options_and_help_shows_them() -> None:

@@ -248,12 +248,16 @@ def recipe(
     image_size: int,
     box_fraction: float | None,
     source: str | None = None,
+    time_budget: float = 0.0,
 ) -> dict:
-    """The ``defectdet train`` command the advice ends in: ``preset`` with the remedies this data
-    calls for (the same rules as the advice lines), the input size the preset's rule gives on
-    this data, and the median box side there (px)."""
+    """The ``defectdet train`` command the advice ends in: ``preset`` for ``time_budget``
+    minutes (0: none) with the remedies this data calls for (the same rules as the advice
+    lines), the input size the preset's rule gives on this data, and the median box side there
+    (px)."""
     data = shlex.quote(str(source or report["root"]))
     args = ["defectdet", "train", data, "--preset", preset]
+    if time_budget > 0:
+        args += ["--time-budget", f"{time_budget:g}"]
     for folder in report.get("negatives") or {}:
         args += ["--negatives", shlex.quote(str(folder))]
     ratio = report.get("imbalance_ratio")
@@ -283,6 +287,7 @@ def recipe(
         args += ["--levels", levels, "--head", "v2"]  # with the GroupNorm head, as measured
     return {
         "preset": preset,
+        "time_budget": time_budget,
         "image_size": image_size,
         "train_tile": tile,
         "levels": levels,

@@ -82,15 +82,17 @@ def build_report(
     catalog: Catalog,
     repeat_threshold: float | None = None,
     beta: float = recommend.DEFAULT_BETA,
-    preset: str = "s",
+    preset: str = "n",
     source: str | None = None,
+    time_budget: float = 0.0,
 ) -> dict:
     """Everything ``defectdet analyze`` knows about a catalogue, as plain JSON types.
 
     ``repeat_threshold`` None chooses one with :func:`recommend.choose_repeat_threshold`;
     ``beta`` is the effective-number β behind each class's ``class_weight``; ``preset`` is the
     one the advised ``train`` command names (its input size rule applied to this data), on
-    ``source`` (the data as the user named it; default the catalogue's root).
+    ``source`` (the data as the user named it; default the catalogue's root), for
+    ``time_budget`` minutes (0: no budget).
     """
     k, n_img = catalog.num_classes, catalog.num_images
     table = stats.box_table(catalog)
@@ -133,6 +135,6 @@ def build_report(
     cap = PRESETS[preset].values["max_image_size"] if preset in PRESETS else 1024
     size = stats.model_input_size(catalog.images, 0, cap)
     fraction = _median_box_fraction(catalog, table)
-    report["recipe"] = recommend.recipe(report, preset, size, fraction, source)
+    report["recipe"] = recommend.recipe(report, preset, size, fraction, source, time_budget)
     report["advice"] = recommend.advice(report)
     return report

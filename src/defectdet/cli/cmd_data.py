@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from defectdet.cli.app import FormatOpt, NegativesOpt, StrictOpt, _load, app, handle_errors
 from defectdet.cli.options import schema_options
-from defectdet.config import ModelConfig
+from defectdet.config import ModelConfig, OptimConfig
 from defectdet.config.values import parse_number_map
 from defectdet.console import err, out
 from defectdet.errors import ConfigError
@@ -20,7 +20,7 @@ from defectdet.errors import ConfigError
 # ---------------------------------------------------------------------------- analyze
 @app.command()
 @handle_errors
-@schema_options(ModelConfig, only=("preset",), panel="Recipe")
+@schema_options(ModelConfig, OptimConfig, only=("preset", "time_budget"), panel="Recipe")
 def analyze(
     data: Annotated[Path, typer.Argument(help="Dataset folder or annotation file.")] = Path("data"),
     fmt: FormatOpt = "auto",
@@ -49,8 +49,8 @@ def analyze(
 
     Instances and images per class, defect-free share, imbalance ratio, box sizes, splits,
     repeat factors and class weights to use, and plain-language advice that ends in one
-    `defectdet train` command: the preset for this machine (or --preset), the input size it
-    will use on this data, and the remedies the data calls for.
+    `defectdet train` command: the preset for this machine and --time-budget (or --preset),
+    the input size it will use on this data, and the remedies the data calls for.
 
     [dim]Example: defectdet analyze data_samples --json report.json --plot report.png[/]
     """
@@ -58,9 +58,14 @@ def analyze(
     from defectdet.io import write_json
 
     catalog = _load(data, fmt, strict, check_images, negatives)
-    recipe = _recipe_preset(options.get("preset"))
+    budget, recipe = _recipe_preset(options.get("preset"), options.get("time_budget"))
     report = build_report(
-        catalog, repeat_threshold=repeat_threshold, beta=beta, preset=recipe, source=str(data)
+        catalog,
+        repeat_threshold=repeat_threshold,
+        beta=beta,
+        preset=recipe,
+        source=str(data),
+        time_budget=budget,
     )
     if json_path is not None and str(json_path) == "-":
         print(json.dumps(report, indent=2, default=str))
@@ -74,16 +79,18 @@ def analyze(
         err.print(f"plot written to {escape(str(plot))}")
 
 
-def _recipe_preset(preset: str | None) -> str:
-    """The preset analyze's advice names: as given, else what ``train`` would pick here."""
-    from defectdet.config import ModelConfig, apply, pick_preset, validate
+def _recipe_preset(preset: str | None, time_budget: float | None) -> tuple[float, str]:
+    """The budget and the preset analyze's advice names: as given, else what ``train`` would
+    pick here for that budget (validated as ``train`` validates them)."""
+    from defectdet.config import TrainConfig, apply, pick_preset, validate
 
-    name = validate(apply(ModelConfig(), {"preset": preset})).preset
+    cfg = validate(apply(TrainConfig(), {"preset": preset, "time_budget": time_budget}))
+    budget, name = cfg.optim.time_budget, cfg.model.preset
     if name != "auto":
-        return name
+        return budget, name
     import torch
 
-    return pick_preset(cuda=torch.cuda.is_available())
+    return budget, pick_preset(torch.cuda.is_available(), budget)
 
 
 # ---------------------------------------------------------------------------- synth

@@ -32,7 +32,7 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "n",
-            "nano: CPU, short budgets (≤ 10 min): narrowest head, input ≤ 320 px",
+            "nano: CPU default (budgets up to an hour): narrow head on P3-P5, input ≤ 320 px",
             {
                 "backbone": "resnet18",
                 "fpn_channels": 64,
@@ -46,7 +46,7 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "s",
-            "small: CPU default: narrow head on P3-P5, input ≤ 512 px",
+            "small: CPU, budgets over an hour: the nano network at input ≤ 512 px",
             {
                 "backbone": "resnet18",
                 "fpn_channels": 64,
@@ -96,16 +96,19 @@ PRESETS: dict[str, Preset] = {
     )
 }
 PRESET_CHOICES = ("auto", "none", *PRESETS)
-SHORT_BUDGET_MINUTES = 10.0
-"""On CPU, budgets up to this many minutes get the nano preset."""
+LONG_BUDGET_MINUTES = 60.0
+"""On CPU, budgets over this many minutes get the small preset (larger input), shorter ones and
+runs without a budget the nano preset: on DeepPCB at 30 CPU-minutes, n at 320 px (with the P2
+level `analyze` then advises) reached about twice the mean per-class AP50 of s at 512 px
+(docs/benchmarks.md)."""
 
 
 def pick_preset(cuda: bool, time_budget: float = 0.0) -> str:
-    """The preset ``auto`` stands for: ``m`` on a GPU, ``s`` on CPU, ``n`` on CPU with a
-    budget of at most :data:`SHORT_BUDGET_MINUTES`."""
+    """The preset ``auto`` stands for: ``m`` on a GPU; on CPU ``n``, or ``s`` when the budget
+    is over :data:`LONG_BUDGET_MINUTES`."""
     if cuda:
         return "m"
-    return "n" if 0 < time_budget <= SHORT_BUDGET_MINUTES else "s"
+    return "s" if time_budget > LONG_BUDGET_MINUTES else "n"
 
 
 def resolve_preset(cfg: Any, given: Iterable[str] | None, cuda: bool) -> Any:
