@@ -179,6 +179,7 @@ def test_every_preset_sets_the_same_options_and_help_shows_them() -> None:
     assert all(k == keys["s"] for k in keys.values())
     text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "by --preset: n 64 · s 64 · m 128 · l 256; none: 256" in text  # --fpn-channels
+    assert f"auto = {pick_preset(False)} on CPU" in " ".join(text.split())  # help says what runs
     predict = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).output
     assert "--batch-size" in predict and "by --preset" not in predict  # not a train option there
 

@@ -36,7 +36,7 @@ def train(
 ) -> None:
     """Train a RetinaNet on DATA with focal loss and imbalance remedies.
 
-    The default --preset auto picks a recipe for this machine (s on CPU, m on a GPU); options
+    The default --preset auto picks a recipe for this machine (n on CPU, m on a GPU); options
     you give win over it. Writes runs/train/NAME: config.yaml (your options and the preset's,
     to repeat the run with --config), resolved.yaml (what the data decided:
     classes, image size, anchors, class weights), metrics.csv, weights/best.pt and last.pt,

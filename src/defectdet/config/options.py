@@ -29,7 +29,7 @@ from defectdet.config.inference import (
     device_option,
     workers_option,
 )
-from defectdet.config.presets import PRESET_CHOICES
+from defectdet.config.presets import LONG_BUDGET_MINUTES, PRESET_CHOICES
 from defectdet.config.schema import opt
 
 _D, _M, _L, _S, _A, _O, _R = (
@@ -76,8 +76,9 @@ class ModelConfig:
     preset: str = opt(
         "auto",
         "Recipe: n, s, m or l set the backbone, head, pyramid levels, input size cap, optimiser "
-        "and augmentation together (options you give win); auto = s on CPU (n for a "
-        "--time-budget of 10 min or less), m on a GPU; none = the plain defaults below.",
+        "and augmentation together (options you give win); auto = n on CPU (s for a "
+        f"--time-budget over {LONG_BUDGET_MINUTES:g} min), m on a GPU; none = the plain "
+        "defaults below.",
         choices=PRESET_CHOICES,
         panel=_M,
     )
