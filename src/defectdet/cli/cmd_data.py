@@ -80,17 +80,15 @@ def analyze(
 
 
 def _recipe_preset(preset: str | None, time_budget: float | None) -> tuple[float, str]:
-    """The budget and the preset analyze's advice names: as given, else what ``train`` would
-    pick here for that budget (validated as ``train`` validates them)."""
-    from defectdet.config import TrainConfig, apply, pick_preset, validate
-
-    cfg = validate(apply(TrainConfig(), {"preset": preset, "time_budget": time_budget}))
-    budget, name = cfg.optim.time_budget, cfg.model.preset
-    if name != "auto":
-        return budget, name
+    """The budget and the preset analyze's advice names: validated and resolved exactly as
+    ``train`` resolves them (``auto``: what this machine would pick for that budget)."""
     import torch
 
-    return budget, pick_preset(torch.cuda.is_available(), budget)
+    from defectdet.config import TrainConfig, apply, resolve_preset, validate
+
+    cfg = validate(apply(TrainConfig(), {"preset": preset, "time_budget": time_budget}))
+    cfg = resolve_preset(cfg, {"time_budget"}, cuda=torch.cuda.is_available())
+    return cfg.optim.time_budget, cfg.model.preset
 
 
 # ---------------------------------------------------------------------------- synth
