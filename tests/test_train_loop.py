@@ -23,6 +23,7 @@ from conftest import TINY_MODEL_ARGS
 from defectdet.config import OptimConfig
 from defectdet.engine.train import loop
 from defectdet.engine.train.distributed import DistInfo
+from defectdet.engine.train.history import early_pick_caveat
 from defectdet.engine.train.loop import Interrupted, train
 from defectdet.engine.train.schedule import build_optimizer, build_scheduler, lr_factor
 from defectdet.model import load_checkpoint
@@ -277,6 +278,40 @@ def test_best_pt_follows_the_select_metric(
     assert bias_step(run / "weights" / "last.pt") == 8
     state = load_checkpoint(run / "weights" / "last.pt")["state"]
     assert state["best"] == max(m[metric] for m in EPOCH_METRICS)
+
+
+@pytest.mark.parametrize(
+    ("metric", "warned"), [("mean_class_ap50", True), ("map50", False), ("ap50_white", False)]
+)
+def test_an_early_best_picked_on_few_boxes_is_flagged(
+    metric: str, warned: bool, easy_data: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """The validation split has 3 boxes per class. Picked by mean per-class AP50, best.pt is
+    epoch 2 of 4: the run warns, naming both epochs' figures and the classes' box counts. By
+    mAP50 (pooled boxes) or by a class whose best is the last epoch it stays silent."""
+    fake_loop(monkeypatch, metrics=EPOCH_METRICS)
+    train(tiny_config(easy_data, tmp_path, optim__epochs=4, run__select_metric=metric))
+    text = " ".join(capsys.readouterr().err.split())
+    assert ("best.pt is epoch 2, not the last validation (epoch 4)" in text) is warned
+    if warned:
+        assert "white (3), black (3)" in text
+        assert "epoch 2 mean_class_ap50 0.600, map50 0.100; epoch 4 mean_class_ap50 0.200" in text
+
+
+def test_early_pick_caveat_needs_few_boxes_and_an_earlier_validation():
+    rows = [
+        {"epoch": 1, "ap50_crack": 0.8, "map50": 0.3},
+        {"epoch": 2},  # not validated (--eval-interval)
+        {"epoch": 3, "ap50_crack": 0.5, "map50": 0.4},
+    ]
+    few, many = {"scratch": 200, "crack": 6}, {"scratch": 200, "crack": 40}
+    text = early_pick_caveat(rows, "ap50_crack", 1, few)
+    assert text is not None and "crack (6)" in text and "scratch" not in text
+    assert "epoch 1 map50 0.300; epoch 3 map50 0.400" in text
+    assert early_pick_caveat(rows, "ap50_crack", 1, many) is None
+    assert early_pick_caveat(rows, "ap50_scratch", 1, few) is None
+    assert early_pick_caveat(rows, "ap50_crack", 3, few) is None
+    assert early_pick_caveat(rows, "map50", 1, few) is None
 
 
 # ---------------------------------------------------------------------------- compare resume

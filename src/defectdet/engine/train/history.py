@@ -91,6 +91,54 @@ def history_figure(df: pd.DataFrame, class_names: list[str]):
     return fig
 
 
+FEW_VAL_BOXES = 20
+"""A class with fewer validation boxes than this gives an AP50 too noisy to pick a checkpoint by
+alone (one box more or less found moves it by 0.05 or more)."""
+
+
+def early_pick_caveat(
+    rows: list[dict], metric: str, best_epoch: int, instances: dict[str, int]
+) -> str | None:
+    """A warning when best.pt is an earlier validation than the last one, chosen by a per-class
+    AP50 figure that rests on classes with fewer than :data:`FEW_VAL_BOXES` validation boxes:
+    then the pick may be noise, and the figures of both validations are printed side by side so
+    the user can judge (None when the pick is the last validation or rests on enough boxes).
+
+    ``rows`` are ``metrics.csv`` rows (``epoch``, the metric, ``map50``, ``auroc``, ...);
+    ``instances`` the validation boxes per class."""
+    validated = [r for r in rows if _number(r.get(metric)) is not None]
+    if not validated or validated[-1]["epoch"] == best_epoch:
+        return None
+    if metric == "mean_class_ap50":
+        few = {c: n for c, n in instances.items() if 0 < n < FEW_VAL_BOXES}
+    elif metric.startswith("ap50_") and metric[5:] in instances:
+        n = instances[metric[5:]]
+        few = {metric[5:]: n} if n < FEW_VAL_BOXES else {}
+    else:
+        few = {}
+    if not few:
+        return None
+    best = next(r for r in validated if r["epoch"] == best_epoch)
+    last = validated[-1]
+    names = ", ".join(f"{c} ({n})" for c, n in few.items())
+    return (
+        f"best.pt is epoch {best_epoch}, not the last validation (epoch {last['epoch']}), and "
+        f"{metric} rests on classes with fewer than {FEW_VAL_BOXES} validation boxes: {names}. "
+        f"The pick may be noise: epoch {best_epoch} {_figures(best)}; epoch {last['epoch']} "
+        f"{_figures(last)}. weights/last.pt holds the last weights (not calibrated); "
+        "--select-metric map50 pools the classes' boxes and picks less by chance."
+    )
+
+
+def _figures(row: dict) -> str:
+    keys = ("mean_class_ap50", "map50", "auroc")
+    return ", ".join(f"{k} {row[k]:.3f}" for k in keys if _number(row.get(k)) is not None)
+
+
+def _number(v) -> float | None:
+    return v if isinstance(v, (int, float)) and v == v else None
+
+
 def _worst_class(row: dict, class_names: list[str]) -> tuple[str, float] | None:
     values = [(c, row.get(f"ap50_{c}")) for c in class_names]
     values = [(c, v) for c, v in values if v is not None and v == v]

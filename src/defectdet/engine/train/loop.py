@@ -428,4 +428,5 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, ValidationMixin):
             f"{s['best'] if s['best'] > -math.inf else 'n/a'} at epoch {s['best_epoch']}; "
             f"weights in {self.run_dir / 'weights'}"
         )
+        self._warn_early_pick()
         self._calibrate()

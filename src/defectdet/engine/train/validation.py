@@ -11,13 +11,14 @@ not validated since calibrates with its own pass.
 from __future__ import annotations
 
 from defectdet.config import InferConfig, to_yaml
-from defectdet.console import out
+from defectdet.console import out, warn
 from defectdet.data.catalog import Catalog
 from defectdet.engine.calibrate.operating_point import CALIBRATION_FLOOR, choose_operating_point
 from defectdet.engine.evaluate.metrics import MetricsResult
 from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.inference.detectors import TorchDetector
 from defectdet.engine.inference.run import Detections
+from defectdet.engine.train.history import early_pick_caveat
 from defectdet.io import write_text
 from defectdet.model import load_checkpoint, save_checkpoint
 
@@ -50,6 +51,18 @@ class ValidationMixin:
         with the same ones gives it the very detections it needs."""
         plain, infer = InferConfig(), self.cfg.infer
         return infer.iou == plain.iou and infer.max_det == plain.max_det
+
+    def _warn_early_pick(self) -> None:
+        """Warn when best.pt is an early validation picked by AP50 of classes with few boxes."""
+        counts = self.data.val.instance_counts().tolist()
+        caveat = early_pick_caveat(
+            self.history.rows,
+            self.cfg.run.select_metric,
+            self.state["best_epoch"],
+            dict(zip(self.resolved.spec.class_names, counts, strict=True)),
+        )
+        if caveat:
+            warn(caveat)
 
     def _calibrate(self) -> None:
         """Choose best.pt's operating point on the validation split (``--target-recall``,
