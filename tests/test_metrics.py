@@ -70,6 +70,44 @@ def test_missing_the_rare_class_shows_in_the_per_class_mean():
     assert m.classes[1].recall == 0.0
 
 
+def many_scratches_one_crack() -> Catalog:
+    """10 images of 100 px: images 1-9 hold one scratch each, image 10 one crack."""
+    images = pd.DataFrame(
+        {"image_id": range(1, 11), "file_name": list("abcdefghij"), "width": 100, "height": 100}
+    ).assign(split="")
+    boxes = pd.DataFrame(
+        [(i, 0 if i < 10 else 1, 10.0, 10.0, 40.0, 40.0) for i in range(1, 11)],
+        columns=["image_id", "class_id", "x1", "y1", "x2", "y2"],
+    )
+    return Catalog(Path("."), ["scratch", "crack"], images, boxes)
+
+
+def test_pooled_ap50_is_the_plain_view_beside_the_per_class_mean():
+    """Every scratch found, the one crack missed. Pooled, 9 of 10 boxes are found at precision 1:
+    precision 1 at the 91 recall points up to 0.9 and 0 at the 10 above, so 91/101. The mean
+    over classes (COCO's mAP50 as well) weighs the missed crack as much as all scratches: 0.5."""
+    dets = [det(i, [[10, 10, 40, 40, 0.9, 0]]) for i in range(1, 10)]
+    m = evaluate_detections(many_scratches_one_crack(), dets, thr(0.5))
+    assert m.pooled_ap50 == pytest.approx(91 / 101)
+    assert m.mean_class_ap50 == pytest.approx(0.5) and m.map50 == pytest.approx(0.5)
+    assert m.flat()["pooled_ap50"] == m.to_dict()["pooled_ap50"] == m.pooled_ap50
+
+
+def test_pooled_ap50_of_one_class_is_that_class_ap50():
+    """With one class there is nothing to pool: the pooled AP50 is COCOeval's own AP50 of it,
+    here for scores that interleave true and false detections."""
+    rng = np.random.default_rng(0)
+    cat = many_scratches_one_crack()
+    cat = Catalog(cat.root, cat.classes, cat.images, cat.boxes.assign(class_id=0))
+    dets = []
+    for i in range(1, 11):
+        hit = [10, 10, 40, 40, rng.uniform(0.1, 1), 0] if i % 3 else [60, 60, 90, 90, 0.5, 0]
+        dets.append(det(i, [hit, [50, 5, 95, 30, rng.uniform(0.1, 1), 0]]))
+    m = evaluate_detections(cat, dets, thr(0.5))
+    assert 0.2 < m.classes[0].ap50 < 0.9  # false detections outrank some true ones
+    assert m.pooled_ap50 == pytest.approx(m.classes[0].ap50)
+
+
 def test_confusion_matrix_background_row_and_column():
     dets = [
         det(1, [[11, 11, 30, 30, 0.9, 1]]),  # right place, wrong class

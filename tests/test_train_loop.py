@@ -254,17 +254,22 @@ def test_patience_stops_after_n_validations_without_gain(
 
 
 # ---------------------------------------------------------------------------- select metric
-# Per epoch, metrics that peak at different epochs (2, 3 and 4).
+# Per epoch, metrics that peak at different epochs (1, 2, 3 and 4).
+_KEYS = ("mean_class_ap50", "map50", "pooled_ap50", "ap50_white", "ap50_black")
 EPOCH_METRICS = [
-    {"mean_class_ap50": 0.1, "map50": 0.2, "ap50_white": 0.3, "ap50_black": 0.3},
-    {"mean_class_ap50": 0.6, "map50": 0.1, "ap50_white": 0.2, "ap50_black": 0.2},
-    {"mean_class_ap50": 0.3, "map50": 0.5, "ap50_white": 0.1, "ap50_black": 0.1},
-    {"mean_class_ap50": 0.2, "map50": 0.4, "ap50_white": 0.9, "ap50_black": 0.0},
+    dict(zip(_KEYS, values, strict=True))
+    for values in (
+        (0.1, 0.2, 0.7, 0.3, 0.3),
+        (0.6, 0.1, 0.6, 0.2, 0.2),
+        (0.3, 0.5, 0.5, 0.1, 0.1),
+        (0.2, 0.4, 0.4, 0.9, 0.0),
+    )
 ]
 
 
 @pytest.mark.parametrize(
-    ("metric", "best_epoch"), [("mean_class_ap50", 2), ("map50", 3), ("ap50_white", 4)]
+    ("metric", "best_epoch"),
+    [("mean_class_ap50", 2), ("map50", 3), ("ap50_white", 4), ("pooled_ap50", 1)],
 )
 def test_best_pt_follows_the_select_metric(
     metric: str, best_epoch: int, easy_data: Path, tmp_path: Path, monkeypatch
@@ -281,37 +286,42 @@ def test_best_pt_follows_the_select_metric(
 
 
 @pytest.mark.parametrize(
-    ("metric", "warned"), [("mean_class_ap50", True), ("map50", False), ("ap50_white", False)]
+    ("metric", "best_epoch"),
+    [("mean_class_ap50", 2), ("map50", 3), ("ap50_white", None), ("pooled_ap50", None)],
 )
 def test_an_early_best_picked_on_few_boxes_is_flagged(
-    metric: str, warned: bool, easy_data: Path, tmp_path: Path, monkeypatch, capsys
+    metric: str, best_epoch: int | None, easy_data: Path, tmp_path: Path, monkeypatch, capsys
 ):
-    """The validation split has 3 boxes per class. Picked by mean per-class AP50, best.pt is
-    epoch 2 of 4: the run warns, naming both epochs' figures and the classes' box counts. By
-    mAP50 (pooled boxes) or by a class whose best is the last epoch it stays silent."""
+    """The validation split has 3 boxes per class. Picked by mean per-class AP50 (epoch 2 of 4)
+    or by COCO's mAP50, also a mean over classes (epoch 3), best.pt is an earlier validation
+    than the last: the run warns, naming both epochs' figures and the classes' box counts.
+    Picked by a class whose best is the last epoch, or by the pooled AP50 (every box counts
+    once; its best is epoch 1), it stays silent."""
     fake_loop(monkeypatch, metrics=EPOCH_METRICS)
     train(tiny_config(easy_data, tmp_path, optim__epochs=4, run__select_metric=metric))
     text = " ".join(capsys.readouterr().err.split())
-    assert ("best.pt is epoch 2, not the last validation (epoch 4)" in text) is warned
-    if warned:
+    assert ("not the last validation" in text) is (best_epoch is not None)
+    if best_epoch is not None:
+        assert f"best.pt is epoch {best_epoch}, not the last validation (epoch 4)" in text
         assert "white (3), black (3)" in text
-        assert "epoch 2 mean_class_ap50 0.600, map50 0.100; epoch 4 mean_class_ap50 0.200" in text
+        ap = EPOCH_METRICS[best_epoch - 1]["mean_class_ap50"]
+        assert f"epoch {best_epoch} mean_class_ap50 {ap:.3f}; epoch 4 mean_class_ap50 0.2" in text
 
 
 def test_early_pick_caveat_needs_few_boxes_and_an_earlier_validation():
     rows = [
-        {"epoch": 1, "ap50_crack": 0.8, "map50": 0.3},
+        {"epoch": 1, "ap50_crack": 0.8, "auroc": 0.9},
         {"epoch": 2},  # not validated (--eval-interval)
-        {"epoch": 3, "ap50_crack": 0.5, "map50": 0.4},
+        {"epoch": 3, "ap50_crack": 0.5, "auroc": 0.8},
     ]
     few, many = {"scratch": 200, "crack": 6}, {"scratch": 200, "crack": 40}
     text = early_pick_caveat(rows, "ap50_crack", 1, few)
     assert text is not None and "crack (6)" in text and "scratch" not in text
-    assert "epoch 1 map50 0.300; epoch 3 map50 0.400" in text
+    assert "epoch 1 auroc 0.900; epoch 3 auroc 0.800" in text
     assert early_pick_caveat(rows, "ap50_crack", 1, many) is None
     assert early_pick_caveat(rows, "ap50_scratch", 1, few) is None
     assert early_pick_caveat(rows, "ap50_crack", 3, few) is None
-    assert early_pick_caveat(rows, "map50", 1, few) is None
+    assert early_pick_caveat(rows, "auroc", 1, few) is None  # every image informs it
 
 
 # ---------------------------------------------------------------------------- compare resume

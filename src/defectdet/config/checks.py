@@ -12,6 +12,7 @@ from defectdet.errors import ConfigError
 
 SELECT_METRICS = (
     "mean_class_ap50",
+    "pooled_ap50",
     "map50",
     "map",
     "defect_recall",

@@ -27,7 +27,7 @@ from defectdet.model.device import resolve_device
 
 COLUMNS = [
     "variant",
-    "map50",
+    "pooled_ap50",
     "mean_class_ap50",
     "rarest_ap50",
     "recall_at_far",
@@ -37,8 +37,10 @@ COLUMNS = [
     "best_epoch",
     "status",
 ]
-"""The summary table's columns; compare.csv adds ``rarest_class``, ``map`` (mAP@[.5:.95]) and one
-``ap50_<class>`` per class (most frequent in train first)."""
+"""The summary table's columns: AP50 with all boxes pooled (the plain view) beside its mean over
+classes (the balanced one, which is also COCO's mAP50); compare.csv adds ``rarest_class``,
+``map50``, ``map`` (mAP@[.5:.95]) and one ``ap50_<class>`` per class (most frequent in train
+first)."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ def run_compare(
         except DefectdetError as exc:  # e.g. a diverged loss: that is a result too
             err.print(f"[red]variant {variant.name} failed:[/] {exc}")
             rows.append({"variant": variant.name, "status": f"failed: {str(exc)[:80]}"})
-    extra = ["rarest_class", "map", *(f"ap50_{c.name}" for c in classes)]
+    extra = ["rarest_class", "map50", "map", *(f"ap50_{c.name}" for c in classes)]
     table = pd.DataFrame(rows, columns=[*COLUMNS, *extra])
     write_outputs(table, study_dir, points, classes)
     return table
@@ -210,7 +212,7 @@ def _score(run_dir: Path, points: TablePoints) -> tuple[dict[str, Any], list[Cla
     rarest = next((k for k in reversed(order) if per_class[k].ap50 is not None), None)
     history = pd.read_csv(run_dir / "metrics.csv")
     row = {
-        "map50": metrics.map50,
+        "pooled_ap50": metrics.pooled_ap50,
         "mean_class_ap50": metrics.mean_class_ap50,
         "rarest_ap50": None if rarest is None else per_class[rarest].ap50,
         "recall_at_far": metrics.recall_at_false_alarm(points.far),
@@ -219,6 +221,7 @@ def _score(run_dir: Path, points: TablePoints) -> tuple[dict[str, Any], list[Cla
         "train_minutes": round(float(history["seconds"].sum()) / 60, 3),
         "best_epoch": int(ckpt.get("epoch", 0)),
         "rarest_class": None if rarest is None else data.train.classes[rarest],
+        "map50": metrics.map50,
         "map": metrics.map,
     }
     val_counts = data.val.instance_counts()
@@ -265,7 +268,15 @@ LOWER_IS_BETTER = ("far_at_recall",)
 
 def _is_score(col: str) -> bool:
     """A score whose best value in its column is highlighted (most are higher-is-better)."""
-    scores = ("map50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "auroc", "map")
+    scores = (
+        "pooled_ap50",
+        "map50",
+        "mean_class_ap50",
+        "rarest_ap50",
+        "recall_at_far",
+        "auroc",
+        "map",
+    )
     return col in scores or col in LOWER_IS_BETTER or col.startswith("ap50_")
 
 
@@ -298,6 +309,7 @@ def _header(col: str, points: TablePoints) -> str:
         "far_at_recall": f"false alarms @ {points.recall:.0%} defect recall",
         "mean_class_ap50": "mean per-class AP50",
         "rarest_ap50": "AP50 rarest class",
+        "pooled_ap50": "AP50, boxes pooled",
         "map50": "mAP50",
         "auroc": "image AUROC",
         "train_minutes": "train min",
@@ -335,13 +347,14 @@ def compare_figure(table: pd.DataFrame, points: TablePoints):
     """The variants' main scores side by side (bars)."""
     from matplotlib.figure import Figure
 
-    metrics = ["map50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "far_at_recall"]
+    metrics = ["pooled_ap50", "mean_class_ap50", "rarest_ap50", "recall_at_far", "far_at_recall"]
     fig = Figure(figsize=(max(8, 1.2 * len(table) + 4), 4.5), dpi=100)
     ax = fig.subplots()
     width = 0.8 / len(metrics)
     for i, m in enumerate(metrics):
         xs = [x + (i - (len(metrics) - 1) / 2) * width for x in range(len(table))]
-        ax.bar(xs, table[m].fillna(0).to_numpy(dtype=float), width, label=_header(m, points))
+        values = table[m] if m in table else pd.Series(0.0, index=table.index)  # older studies
+        ax.bar(xs, values.fillna(0).to_numpy(dtype=float), width, label=_header(m, points))
     ax.set_xticks(range(len(table)))
     ax.set_xticklabels(table["variant"], rotation=30, ha="right", fontsize=8)
     ax.set(ylim=(0, 1), ylabel="score", title="imbalance remedies compared")

@@ -59,7 +59,7 @@ class MetricsResult:
     """
 
     map: float | None
-    map50: float | None
+    map50: float | None  # COCO's: a mean over classes, so equal to mean_class_ap50
     mean_class_ap50: float | None
     classes: list[ClassMetrics]
     confusion_matrix: list[list[int]]
@@ -70,12 +70,20 @@ class MetricsResult:
     threshold_source: str = ""  # calibrated / --conf / default (uncalibrated) ...
     image_truth: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
     image_score: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    pooled_ap50: float | None = None  # the plain view: every class's boxes in one ranking
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (``evaluate --json``)."""
         out = {
             k: getattr(self, k)
-            for k in ("map", "map50", "mean_class_ap50", "confusion_matrix", "confusion_labels")
+            for k in (
+                "map",
+                "map50",
+                "mean_class_ap50",
+                "pooled_ap50",
+                "confusion_matrix",
+                "confusion_labels",
+            )
         }
         out["classes"] = [asdict(c) for c in self.classes]
         out["image_level"] = dict(self.image_level)
@@ -99,7 +107,7 @@ class MetricsResult:
     def flat(self) -> dict[str, Any]:
         """One ``metrics.csv`` row's validation columns (per-class AP50 as ``ap50_<class>``)."""
         row: dict[str, Any] = {"map": self.map, "map50": self.map50}
-        row["mean_class_ap50"] = self.mean_class_ap50
+        row |= {"mean_class_ap50": self.mean_class_ap50, "pooled_ap50": self.pooled_ap50}
         row |= {f"ap50_{c.name}": c.ap50 for c in self.classes}
         row |= {k: self.image_level.get(k) for k in IMAGE_LEVEL_KEYS}
         return row
@@ -154,6 +162,7 @@ def evaluate_detections(
         map=coco["map"],
         map50=coco["map50"],
         mean_class_ap50=_nanmean(coco["ap50"]),
+        pooled_ap50=coco["pooled_ap50"],
         classes=per_class,
         confusion_matrix=cm.tolist(),
         confusion_labels=[*catalog.classes, "background"],
@@ -172,8 +181,8 @@ def _nanmean(values: list[float | None]) -> float | None:
 
 # ---------------------------------------------------------------------------- COCO
 def coco_metrics(catalog: Catalog, detections: list[Detections]) -> dict:
-    """mAP, mAP50, per-class AP/AP50 (None where a class has no ground truth) and per-class
-    PR curves at IoU 0.5, from one COCOeval run.
+    """mAP, mAP50, per-class AP/AP50 (None where a class has no ground truth), the pooled AP50
+    and per-class PR curves at IoU 0.5, from one COCOeval run.
 
     The curves are ``precision[0, :, k, 0, -1]`` of COCOeval at its 101 recall points (-1 where
     a recall level is never reached; None: no ground truth or no detections).
@@ -189,6 +198,7 @@ def coco_metrics(catalog: Catalog, detections: list[Detections]) -> dict:
         return {
             "map": 0.0 if len(catalog.boxes) else None,
             "map50": 0.0 if len(catalog.boxes) else None,
+            "pooled_ap50": 0.0 if len(catalog.boxes) else None,
             "ap": [_zero_or_none(catalog, c) for c in range(k)],
             "ap50": [_zero_or_none(catalog, c) for c in range(k)],
             "pr_curves": {"recall": recall, "precision": curves},
@@ -213,10 +223,38 @@ def coco_metrics(catalog: Catalog, detections: list[Detections]) -> dict:
     return {
         "map": float(ev.stats[0]),
         "map50": float(ev.stats[1]),
+        "pooled_ap50": pooled_ap50(ev),
         "ap": ap,
         "ap50": ap50,
         "pr_curves": {"recall": recall, "precision": curves},
     }
+
+
+def pooled_ap50(ev) -> float | None:
+    """AP at IoU 0.5 with every class's detections ranked together against all boxes, each
+    matched within its class as COCOeval matched it: the plain view, where a class weighs by its
+    box count (COCO's mAP50 averages over classes, the balanced view). Computed from the
+    evaluated ``ev``'s per-image matches the way ``COCOeval.accumulate`` computes one class's AP
+    (area "all", the largest detection cap, precision made monotone, 101 recall points)."""
+    p = ev.params
+    cap = p.maxDets[-1]
+    found = [e for e in ev.evalImgs if e is not None and e["aRng"] == p.areaRng[0]]
+    gt_ignore = np.concatenate([e["gtIgnore"] for e in found]) if found else np.zeros(0)
+    n_gt = int(np.count_nonzero(gt_ignore == 0))
+    if not n_gt:
+        return None
+    scores = np.concatenate([e["dtScores"][:cap] for e in found])
+    order = np.argsort(-scores, kind="mergesort")
+    matched = np.concatenate([e["dtMatches"][0, :cap] for e in found])[order] > 0
+    ignored = np.concatenate([e["dtIgnore"][0, :cap] for e in found])[order].astype(bool)
+    tp = np.cumsum(matched & ~ignored, dtype=float)
+    fp = np.cumsum(~matched & ~ignored, dtype=float)
+    if not len(tp):
+        return 0.0
+    recall, precision = tp / n_gt, tp / np.maximum(tp + fp, np.spacing(1))
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    at = np.searchsorted(recall, p.recThrs, side="left")
+    return float(np.where(at < len(precision), precision[np.minimum(at, len(tp) - 1)], 0).mean())
 
 
 def _zero_or_none(catalog: Catalog, c: int) -> float | None:

@@ -22,6 +22,15 @@ def _f(value: float | None, pct: bool = False) -> str:
     return f"{value:.1%}" if pct else f"{value:.3f}"
 
 
+SUMMARY_COLUMNS = (
+    "AP50, boxes pooled (plain)",
+    "mean per-class AP50 (balanced; = COCO mAP50)",
+    "mAP@[.5:.95]",
+)
+"""The summary's box figures: the plain view (every box counts once, so the common class
+dominates) beside the balanced one (every class counts once)."""
+
+
 def render_evaluation(report: dict, console: Console) -> None:
     """Per-class table, summary, image-level block and confusion matrix."""
     m = report["metrics"]
@@ -33,9 +42,9 @@ def render_evaluation(report: dict, console: Console) -> None:
     _thresholds_line(report, console)
     console.print(_class_table(report))
     summary = Table(title="summary", title_justify="left")
-    for col in ("mAP@[.5:.95]", "mAP50", "mean per-class AP50"):
+    for col in SUMMARY_COLUMNS:
         summary.add_column(col, justify="right")
-    summary.add_row(_f(m["map"]), _f(m["map50"]), _f(m["mean_class_ap50"]))
+    summary.add_row(_f(m.get("pooled_ap50")), _f(m["mean_class_ap50"]), _f(m["map"]))
     console.print(summary)
     _image_level(m["image_level"], console)
     for folder, n in report.get("negatives", {}).items():

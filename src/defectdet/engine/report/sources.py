@@ -72,7 +72,7 @@ def kind_of(path: Path) -> str:
 def metrics_sections(report: dict, galleries: list[Path] = ()) -> list[Section]:
     """Per-class table, image level, PR curves, thresholds, ROC, confusion matrix, galleries,
     from an evaluate report (``evaluation.json``) or a checkpoint's metrics."""
-    from defectdet.engine.evaluate.render import CLASS_COLUMNS, evaluation_figures
+    from defectdet.engine.evaluate.render import CLASS_COLUMNS, SUMMARY_COLUMNS, evaluation_figures
 
     m = report["metrics"]
     figures = evaluation_figures(report)
@@ -100,10 +100,10 @@ def metrics_sections(report: dict, galleries: list[Path] = ()) -> list[Section]:
                 fmt(c.get("false_alarms_per_image")),
             ]
         )
-    summary = [[fmt(m["map"]), fmt(m["map50"]), fmt(m["mean_class_ap50"])]]
+    summary = [[fmt(m.get("pooled_ap50")), fmt(m["mean_class_ap50"]), fmt(m["map"])]]
     per_class.tables = [
         ("per class", head, rows),
-        ("summary", ["mAP@[.5:.95]", "mAP50", "mean per-class AP50"], summary),
+        ("summary", list(SUMMARY_COLUMNS), summary),
     ]
     source = report.get("threshold_source", "")
     if source:
@@ -209,7 +209,7 @@ def train_context(path: Path) -> dict:
         for c in (
             "epoch",
             "train_loss",
-            "map50",
+            "pooled_ap50",
             "mean_class_ap50",
             "defect_recall",
             "false_alarm_rate",

@@ -16,7 +16,7 @@ _LINE = (
     "train_cls",
     "train_box",
     "train_img",
-    "map50",
+    "pooled_ap50",
     "mean_class_ap50",
     "defect_recall",
     "false_alarm_rate",
@@ -60,8 +60,9 @@ class History:
 
 
 def history_figure(df: pd.DataFrame, class_names: list[str]):
-    """Training losses and learning rate; validation mAP50, mean per-class AP50, AP50 per class
-    and, when mining, the mined false-alarm rate; one column per epoch of ``metrics.csv``."""
+    """Training losses and learning rate; validation AP50 (boxes pooled), mean per-class AP50
+    (= COCO's mAP50), AP50 per class and, when mining, the mined false-alarm rate; one column
+    per epoch of ``metrics.csv``."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 4), dpi=100)
@@ -76,7 +77,7 @@ def history_figure(df: pd.DataFrame, class_names: list[str]):
         lr.plot(df["epoch"], df["lr"], color="0.6", linewidth=1)
         lr.set_ylabel("learning rate", color="0.4")
     keys = (
-        "map50",
+        "pooled_ap50",
         "mean_class_ap50",
         "mined_false_alarm_rate",
         *[f"ap50_{c}" for c in class_names],
@@ -92,6 +93,7 @@ def history_figure(df: pd.DataFrame, class_names: list[str]):
 
 
 FEW_VAL_BOXES = 20
+CLASS_MEANS = ("mean_class_ap50", "map50", "map")  # COCO's mAPs average over classes too
 """A class with fewer validation boxes than this gives an AP50 too noisy to pick a checkpoint by
 alone (one box more or less found moves it by 0.05 or more)."""
 
@@ -99,17 +101,18 @@ alone (one box more or less found moves it by 0.05 or more)."""
 def early_pick_caveat(
     rows: list[dict], metric: str, best_epoch: int, instances: dict[str, int]
 ) -> str | None:
-    """A warning when best.pt is an earlier validation than the last one, chosen by a per-class
-    AP50 figure that rests on classes with fewer than :data:`FEW_VAL_BOXES` validation boxes:
-    then the pick may be noise, and the figures of both validations are printed side by side so
-    the user can judge (None when the pick is the last validation or rests on enough boxes).
+    """A warning when best.pt is an earlier validation than the last one, chosen by an AP figure
+    (one class's, or a mean over classes) that rests on classes with fewer than
+    :data:`FEW_VAL_BOXES` validation boxes: the pick may be noise, so both validations' figures
+    are printed side by side for the user to judge (None when the pick is the last validation,
+    rests on enough boxes, or is an image-level metric).
 
     ``rows`` are ``metrics.csv`` rows (``epoch``, the metric, ``map50``, ``auroc``, ...);
     ``instances`` the validation boxes per class."""
     validated = [r for r in rows if _number(r.get(metric)) is not None]
     if not validated or validated[-1]["epoch"] == best_epoch:
         return None
-    if metric == "mean_class_ap50":
+    if metric in CLASS_MEANS:
         few = {c: n for c, n in instances.items() if 0 < n < FEW_VAL_BOXES}
     elif metric.startswith("ap50_") and metric[5:] in instances:
         n = instances[metric[5:]]
@@ -126,12 +129,13 @@ def early_pick_caveat(
         f"{metric} rests on classes with fewer than {FEW_VAL_BOXES} validation boxes: {names}. "
         f"The pick may be noise: epoch {best_epoch} {_figures(best)}; epoch {last['epoch']} "
         f"{_figures(last)}. weights/last.pt holds the last weights (not calibrated); "
-        "--select-metric map50 pools the classes' boxes and picks less by chance."
+        "--select-metric pooled_ap50 (every box counts once) or auroc (the image verdict, which "
+        "every validation image informs) picks on more evidence."
     )
 
 
 def _figures(row: dict) -> str:
-    keys = ("mean_class_ap50", "map50", "auroc")
+    keys = ("mean_class_ap50", "auroc")
     return ", ".join(f"{k} {row[k]:.3f}" for k in keys if _number(row.get(k)) is not None)
 
 
