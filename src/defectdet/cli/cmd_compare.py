@@ -67,8 +67,9 @@ def compare(
     Does focal loss (or re-sampling, or class weights) help on YOUR data? Train each variant
     with the same budget, split and seed, evaluate each, and print one table: AP50 with all
     boxes pooled beside mean per-class AP50 (= COCO's mAP50), AP50 of the rarest class, defect
-    recall at a fixed false-alarm rate, and training time. Writes compare.csv, compare.md and compare.png in PROJECT/NAME; a finished
-    variant is not trained again, an interrupted one resumes.
+    recall at a fixed false-alarm rate, and training time. Writes compare.csv, compare.md and
+    compare.png in PROJECT/NAME; a finished variant is not trained again, an interrupted one
+    resumes.
 
     Train options given here apply to every variant (a variant's own keys win); every variant
     is checked before any trains.

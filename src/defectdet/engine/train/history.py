@@ -93,9 +93,9 @@ def history_figure(df: pd.DataFrame, class_names: list[str]):
 
 
 FEW_VAL_BOXES = 20
-CLASS_MEANS = ("mean_class_ap50", "map50", "map")  # COCO's mAPs average over classes too
 """A class with fewer validation boxes than this gives an AP50 too noisy to pick a checkpoint by
 alone (one box more or less found moves it by 0.05 or more)."""
+CLASS_MEANS = ("mean_class_ap50", "map50", "map")  # COCO's mAPs average over classes too
 
 
 def early_pick_caveat(
