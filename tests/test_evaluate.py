@@ -223,6 +223,7 @@ def test_cli_evaluate_prints_tables_json_and_plots(coco_dataset: Path, tmp_path_
         "crack",
         "mAP@[.5:.95]",
         "mean per-class AP50",
+        "AP50, boxes pooled",
         "defect recall",
         "false-alarm rate",
         "AUROC",
