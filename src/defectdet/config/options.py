@@ -330,7 +330,9 @@ class RunConfig:
     eval_interval: int = opt(1, "Validate every N epochs.", low=1, panel=_R)
     select_metric: str = opt(
         "mean_class_ap50",
-        "Validation metric choosing best.pt: " + ", ".join(SELECT_METRICS) + " or ap50_CLASS.",
+        "Validation metric choosing best.pt: "
+        + ", ".join(SELECT_METRICS)
+        + " or ap50_CLASS (one class's AP50).",
         check=check_select_metric,
         allowed=", ".join(SELECT_METRICS) + " or ap50_<class>",
         panel=_R,
