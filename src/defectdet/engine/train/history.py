@@ -87,7 +87,8 @@ def history_figure(df: pd.DataFrame, class_names: list[str]):
             style = ":" if k.startswith("ap50_") else "--" if k.startswith("mined") else "-"
             ax2.plot(df["epoch"], df[k], style, marker=".", label=k)
     ax2.set(xlabel="epoch", ylabel="AP / rate", title="validation", ylim=(0, 1))
-    ax2.legend(fontsize=7)
+    if ax2.lines:  # none before the first validation
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
