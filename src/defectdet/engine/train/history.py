@@ -3,6 +3,7 @@ on the console, and the ``training.png`` plot."""
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import pandas as pd
@@ -42,8 +43,8 @@ class History:
     def print_epoch(self, row: dict, improved: bool) -> None:
         parts = [f"epoch {row['epoch']}"]
         for k in _LINE:
-            v = row.get(k)
-            if v is not None and v == v:
+            v = _number(row.get(k))
+            if v is not None:
                 parts.append(f"{k} {v:.4f}")
         worst = _worst_class(row, self.class_names)
         if worst:
@@ -141,10 +142,11 @@ def _figures(row: dict) -> str:
 
 
 def _number(v) -> float | None:
-    return v if isinstance(v, (int, float)) and v == v else None
+    """``v`` when it is a number and not NaN (a metrics.csv cell may be missing or NaN)."""
+    return v if isinstance(v, numbers.Real) and v == v else None
 
 
 def _worst_class(row: dict, class_names: list[str]) -> tuple[str, float] | None:
-    values = [(c, row.get(f"ap50_{c}")) for c in class_names]
-    values = [(c, v) for c, v in values if v is not None and v == v]
+    values = [(c, _number(row.get(f"ap50_{c}"))) for c in class_names]
+    values = [(c, v) for c, v in values if v is not None]
     return min(values, key=lambda cv: cv[1]) if values else None
