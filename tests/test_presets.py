@@ -35,10 +35,10 @@ def flat(cfg: TrainConfig) -> dict:
 
 @pytest.mark.parametrize(
     ("cuda", "budget", "want"),
-    [(False, 0, "n"), (False, 30, "n"), (False, 60, "n"), (False, 90, "s"), (True, 5, "m")],
+    [(False, 0, "n"), (False, 30, "n"), (False, 90, "n"), (True, 0, "m"), (True, 90, "m")],
 )
-def test_auto_picks_by_device_and_budget(cuda: bool, budget: float, want: str) -> None:
-    assert pick_preset(cuda, budget) == want
+def test_auto_picks_by_device_whatever_the_budget(cuda: bool, budget: float, want: str) -> None:
+    assert pick_preset(cuda) == want
     cfg = resolve_preset(apply(TrainConfig(), {"time_budget": budget}), set(), cuda)
     assert cfg.model.preset == want
     values = flat(cfg)
@@ -131,7 +131,7 @@ def test_analyze_advice_is_the_command_train_runs(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     recipe = report["recipe"]
-    assert recipe["preset"] == pick_preset(False, 0.05)  # this machine has no GPU in CI
+    assert recipe["preset"] == pick_preset(False)  # this machine has no GPU in CI
     assert "--time-budget 0.05" in recipe["command"]
     assert any(recipe["command"] in line for line in report["advice"])
     argv = shlex.split(recipe["command"])
@@ -162,7 +162,7 @@ def test_analyze_names_the_preset_train_picks_for_the_budget(tmp_path: Path, bud
     result = runner.invoke(app, ["analyze", str(data), "--time-budget", str(budget), "--json", "-"])
     assert result.exit_code == 0, result.output
     recipe = json.loads(result.output)["recipe"]
-    assert recipe["preset"] == pick_preset(False, budget) and recipe["time_budget"] == budget
+    assert recipe["preset"] == pick_preset(False) and recipe["time_budget"] == budget
     assert f"--preset {recipe['preset']} --time-budget {budget}" in recipe["command"]
 
 
@@ -179,7 +179,8 @@ def test_every_preset_sets_the_same_options_and_help_shows_them() -> None:
     assert all(k == keys["s"] for k in keys.values())
     text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
     assert "by --preset: n 64 · s 64 · m 128 · l 256; none: 256" in text  # --fpn-channels
-    assert f"auto = {pick_preset(False)} on CPU" in " ".join(text.split())  # help says what runs
+    words = " ".join(text.replace("│", " ").split())  # the help as read, across wrapped lines
+    assert f"auto = {pick_preset(False)} on CPU" in words  # help says what runs
     predict = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "200"}).output
     assert "--batch-size" in predict and "by --preset" not in predict  # not a train option there
 

@@ -29,7 +29,7 @@ from defectdet.config.inference import (
     device_option,
     workers_option,
 )
-from defectdet.config.presets import LONG_BUDGET_MINUTES, PRESET_CHOICES
+from defectdet.config.presets import PRESET_CHOICES
 from defectdet.config.schema import opt
 
 _D, _M, _L, _S, _A, _O, _R = (
@@ -76,9 +76,8 @@ class ModelConfig:
     preset: str = opt(
         "auto",
         "Recipe: n, s, m or l set the backbone, head, pyramid levels, input size cap, optimiser "
-        "and augmentation together (options you give win); auto = n on CPU (s for a "
-        f"--time-budget over {LONG_BUDGET_MINUTES:g} min), m on a GPU; none = the plain "
-        "defaults below.",
+        "and augmentation together (options you give win); auto = n on CPU, m on a GPU; "
+        "none = the plain defaults below.",
         choices=PRESET_CHOICES,
         panel=_M,
     )
@@ -338,6 +337,13 @@ class RunConfig:
         panel=_R,
     )
     patience: int = opt(0, "Stop after N validations without gain (0 = off).", low=0, panel=_R)
+    save_period: int = opt(
+        0,
+        "Also keep weights/epochN.pt every N epochs: the weights best.pt would hold then, with "
+        "that epoch's validation metrics if it had one, to evaluate or pick later (0 = off).",
+        low=0,
+        panel=_R,
+    )
     max_steps: int = opt(
         0, "Stop after N optimiser steps (0 = no limit; smoke tests).", low=0, panel=_R
     )
