@@ -324,6 +324,30 @@ def test_early_pick_caveat_needs_few_boxes_and_an_earlier_validation():
     assert early_pick_caveat(rows, "auroc", 1, few) is None  # every image informs it
 
 
+# ---------------------------------------------------------------------------- snapshots
+@pytest.mark.parametrize(("period", "kept"), [(0, []), (2, [2, 4]), (3, [3])])
+def test_save_period_keeps_every_nth_epoch_with_its_weights_and_metrics(
+    period: int, kept: list[int], easy_data: Path, tmp_path: Path, monkeypatch
+):
+    """4 epochs validated at epochs 3 and 4 (--eval-interval 3, and the last): epochN.pt holds
+    the weights of the end of epoch N (global step 2N) and its validation's metrics, none for an
+    epoch without one; no snapshots at --save-period 0 (the default). ``evaluate`` reads a
+    snapshot as it reads best.pt."""
+    fake_loop(monkeypatch, metrics=EPOCH_METRICS)
+    cfg = tiny_config(easy_data, tmp_path, optim__epochs=4, run__save_period=period)
+    cfg.run.eval_interval = 3
+    run = train(cfg)
+    names = sorted(p.name for p in (run / "weights").iterdir())
+    assert names == sorted(["best.pt", "last.pt", *(f"epoch{n}.pt" for n in kept)])
+    for n in kept:
+        snapshot = load_checkpoint(run / "weights" / f"epoch{n}.pt")
+        assert snapshot["epoch"] == n and bias_step(run / "weights" / f"epoch{n}.pt") == 2 * n
+        assert snapshot["metrics"] == (EPOCH_METRICS[n - 1] if n >= 3 else {})
+        assert "optimizer" not in snapshot  # inference weights, not a resume point
+    if kept:
+        cli("evaluate", easy_data, "-w", run / "weights" / f"epoch{kept[-1]}.pt", code=0)
+
+
 # ---------------------------------------------------------------------------- compare resume
 def test_compare_resumes_an_interrupted_variant(easy_data: Path, tmp_path: Path, monkeypatch):
     """A variant stopped at global step 3 (of 4) is resumed where it stopped, in its own

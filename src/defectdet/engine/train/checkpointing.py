@@ -1,5 +1,6 @@
 """What a run saves and restores: ``best.pt`` (inference weights, the averaged ones with
-``--ema``) and ``last.pt`` (everything to resume exactly); a part of
+``--ema``), ``last.pt`` (everything to resume exactly) and, with ``--save-period``, snapshots
+``epochN.pt`` (inference weights, as best.pt); a part of
 :class:`~defectdet.engine.train.loop.Trainer`."""
 
 from __future__ import annotations
@@ -65,3 +66,11 @@ class CheckpointMixin:
     def _save_last(self) -> None:
         if self.info.is_main:
             save_checkpoint(self.run_dir / "weights" / "last.pt", self._payload(full=True))
+
+    def _save_snapshot(self, epoch: int, metrics: MetricsResult | None) -> None:
+        """``weights/epoch{epoch}.pt`` (epochs counted from 1) every ``--save-period`` epochs:
+        the inference weights and that epoch's validation metrics, no operating point."""
+        period = self.cfg.run.save_period
+        if period and epoch % period == 0 and self.info.is_main:
+            path = self.run_dir / "weights" / f"epoch{epoch}.pt"
+            save_checkpoint(path, self._payload(False, metrics))

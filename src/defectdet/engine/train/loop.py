@@ -3,7 +3,7 @@ per class; atomic, resumable checkpoints; DDP under torchrun.
 
 Run folder (``runs/train/NAME``): ``config.yaml`` (the resolved config), ``metrics.csv`` (a row
 per epoch), ``weights/last.pt`` (everything needed to resume) and ``weights/best.pt`` (the model
-with the best ``--select-metric``), ``training.png``.
+with the best ``--select-metric``), ``weights/epochN.pt`` (``--save-period``), ``training.png``.
 
 Ctrl-C finishes the current step, saves a resumable ``last.pt`` (mid-epoch: the steps already
 done are skipped on resume, in the same order) and exits; a second Ctrl-C stops at once.
@@ -381,6 +381,7 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, ValidationMixin):
             self._best_dets = self._val_dets if metrics is not None else None
         elif metrics is not None:
             self.state["bad_epochs"] += 1
+        self._save_snapshot(epoch + 1, metrics)
         self._save_last()
         self.history.write()
         self.history.print_epoch(row, improved)
