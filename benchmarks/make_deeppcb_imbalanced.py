@@ -12,10 +12,13 @@ images. A real line is neither, so this script:
 
 Default keep-fractions: open 1.0, short 0.5, mousebite 0.25, spur 0.12, copper 0.06, pin-hole 0.03.
 Train draws ``--images`` test images from trainval; val is all 500 test images (so the rare
-classes have enough instances to measure).
+classes have enough instances to measure). ``--holdout N`` also writes N of the trainval images
+train did not draw, thinned the same way, as a dataset of its own beside OUT (``OUT-holdout``):
+held-out data for questions validation cannot answer, such as which validation metric picks the
+best epoch (``benchmarks/select_metric.py``).
 
 Run: .venv/bin/python benchmarks/make_deeppcb_imbalanced.py OUT [--size 256] [--images 300]
-[--negatives-folder]
+[--negatives-folder] [--holdout N]
 (the defaults are what docs/imbalance-study.md used).
 """
 
@@ -49,15 +52,28 @@ def build(
     seed: int,
     keep: dict[str, float],
     negatives_folder: bool = False,
+    holdout: int = 0,
 ) -> dict:
     rng = np.random.default_rng(seed)
-    docs = {}
+    docs, drawn = {}, {}
     for split, src in (("train", "coco_trainval.json"), ("val", "coco_test.json")):
         doc = json.loads((SHARED / src).read_text())
         count = n_images if split == "train" else len(doc["images"])
+        drawn[split] = rng.choice(len(doc["images"]), min(count, len(doc["images"])), replace=False)
         folder = negatives_folder and split == "train"
-        docs[split] = _convert(doc, out, split, size, count, rng, keep, folder)
+        docs[split] = _convert(doc, out, split, size, drawn[split], rng, keep, folder)
+    if holdout:  # trainval images train did not draw, thinned alike: data no run has seen
+        doc = json.loads((SHARED / "coco_trainval.json").read_text())
+        rest = np.setdiff1d(np.arange(len(doc["images"])), drawn["train"])
+        hrng = np.random.default_rng(seed + 1)  # train and val stay what they were
+        chosen = hrng.choice(rest, min(holdout, len(rest)), replace=False)
+        docs["holdout"] = _convert(doc, holdout_dir(out), "test", size, chosen, hrng, keep)
     return {split: _summary(doc) for split, doc in docs.items()}
+
+
+def holdout_dir(out: Path) -> Path:
+    """Where ``--holdout`` writes its own dataset: beside OUT, so training never loads it."""
+    return out.with_name(out.name + "-holdout")
 
 
 def _convert(
@@ -65,7 +81,7 @@ def _convert(
     out: Path,
     split: str,
     size: int,
-    count: int,
+    chosen: np.ndarray,
     rng: np.random.Generator,
     keep: dict[str, float],
     templates_apart: bool = False,
@@ -74,7 +90,6 @@ def _convert(
     by_image: dict[int, list] = {}
     for a in doc["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
-    chosen = rng.choice(len(doc["images"]), min(count, len(doc["images"])), replace=False)
     images, anns = [], []
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     for idx in sorted(chosen):
@@ -162,10 +177,19 @@ def main() -> None:
         help="write the train templates to OUT/good-parts/ instead of train.json (train with "
         "--negatives OUT/good-parts); val keeps its templates",
     )
+    ap.add_argument(
+        "--holdout",
+        type=int,
+        default=0,
+        help="also write N trainval images train did not draw (thinned alike, each with its "
+        "template) to OUT-holdout/: a held-out test set no run trains or validates on",
+    )
     args = ap.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"DeepPCB not found at {SHARED}")
-    summary = build(args.out, args.size, args.images, args.seed, KEEP, args.negatives_folder)
+    summary = build(
+        args.out, args.size, args.images, args.seed, KEEP, args.negatives_folder, args.holdout
+    )
     print(json.dumps(summary, indent=2))
 
 

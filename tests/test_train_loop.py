@@ -308,6 +308,34 @@ def test_an_early_best_picked_on_few_boxes_is_flagged(
         assert f"epoch {best_epoch} mean_class_ap50 {ap:.3f}; epoch 4 mean_class_ap50 0.2" in text
 
 
+def test_select_last_keeps_the_last_validated_epoch(
+    easy_data: Path, tmp_path: Path, monkeypatch, capsys
+):
+    """--select-metric last with --eval-interval 2 over 5 epochs: best.pt follows each
+    validation (2, 4 and the final 5), whatever the metrics say (epoch 2 has the highest mean
+    per-class AP50 here, on 3 boxes a class: no early-pick warning, as nothing was picked early)."""
+    fake_loop(monkeypatch, metrics=[*EPOCH_METRICS, EPOCH_METRICS[3]])
+    cfg = tiny_config(easy_data, tmp_path, optim__epochs=5, run__select_metric="last")
+    cfg.run.eval_interval = 2
+    run = train(cfg)
+    best = load_checkpoint(run / "weights" / "best.pt")
+    assert best["epoch"] == 5 and best["metrics"] == EPOCH_METRICS[3]
+    assert bias_step(run / "weights" / "best.pt") == 10  # the final weights
+    state = load_checkpoint(run / "weights" / "last.pt")["state"]
+    assert (state["best_epoch"], state["best"]) == (5, 5)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "best.pt is the last validated epoch 5" in text
+    assert "not the last validation" not in text
+
+
+def test_select_last_refuses_patience(easy_data: Path, tmp_path: Path):
+    """--patience counts validations without gain in the select metric; last ranks none."""
+    args = ["--select-metric", "last", "--patience", 3]
+    result = cli("train", *cli_args(easy_data, tmp_path), *args, code=2)
+    text = " ".join(result.output.split())
+    assert "--patience" in text and "--select-metric last" in text
+
+
 def test_early_pick_caveat_needs_few_boxes_and_an_earlier_validation():
     rows = [
         {"epoch": 1, "ap50_crack": 0.8, "auroc": 0.9},

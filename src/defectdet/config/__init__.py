@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from defectdet.config.checks import SELECT_LAST
 from defectdet.config.commands import CalibrateRunConfig, PredictConfig
 from defectdet.config.files import load_yaml, safe_yaml, to_yaml
 from defectdet.config.inference import (
@@ -45,6 +46,7 @@ from defectdet.errors import ConfigError
 __all__ = [
     "DEFAULT_CONF",
     "PRESETS",
+    "SELECT_LAST",
     "AugmentConfig",
     "CalibrateConfig",
     "CalibrateRunConfig",

@@ -22,6 +22,10 @@ SELECT_METRICS = (
 )
 """Validation metrics that can choose ``best.pt`` (higher is better); ``ap50_<class>`` too."""
 
+SELECT_LAST = "last"
+"""The ``--select-metric`` that ranks no metric: best.pt is the last validated epoch, the one the
+learning-rate schedule ends on."""
+
 
 def check_image_size(value: int) -> None:
     if value and (value < 32 or value % 32):
@@ -30,6 +34,8 @@ def check_image_size(value: int) -> None:
 
 
 def check_select_metric(value: str) -> None:
+    if value == SELECT_LAST:
+        return
     if value not in SELECT_METRICS and not (value.startswith("ap50_") and len(value) > 5):
         raise ValueError("not a validation metric")
 
@@ -57,6 +63,17 @@ def check_tile(value: int) -> None:
 
 def check_device(value: str) -> None:
     v.parse_device(value)
+
+
+def check_patience(run: Any) -> None:
+    """``--patience`` counts validations without gain in the select metric: ``last`` has none.
+    ``run`` is the run options."""
+    if run.patience and run.select_metric == SELECT_LAST:
+        raise ConfigError(
+            "--patience stops when --select-metric stops improving, and --select-metric last "
+            "ranks no metric: name one to watch (e.g. --select-metric mean_class_ap50) or drop "
+            "--patience"
+        )
 
 
 def check_coco(m: Any) -> None:

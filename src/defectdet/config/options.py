@@ -18,6 +18,7 @@ from defectdet.config.checks import (
     check_coco,
     check_image_size,
     check_levels,
+    check_patience,
     check_select_metric,
     check_tile,
 )
@@ -331,9 +332,10 @@ class RunConfig:
         "mean_class_ap50",
         "Validation metric choosing best.pt: "
         + ", ".join(SELECT_METRICS)
-        + " or ap50_CLASS (one class's AP50).",
+        + ", ap50_CLASS (one class's AP50), or last (the last validated epoch, where the "
+        "schedule ends).",
         check=check_select_metric,
-        allowed=", ".join(SELECT_METRICS) + " or ap50_<class>",
+        allowed=", ".join(SELECT_METRICS) + ", ap50_<class> or last",
         panel=_R,
     )
     patience: int = opt(0, "Stop after N validations without gain (0 = off).", low=0, panel=_R)
@@ -365,6 +367,7 @@ class TrainConfig:
         """Rules between options; raises ConfigError."""
         if self.model.weights == "coco":
             check_coco(self.model)
+        check_patience(self.run)
         self.calibrate.cross_check()
 
     def runtime(self) -> RuntimeConfig:

@@ -132,7 +132,8 @@ def early_pick_caveat(
         f"The pick may be noise: epoch {best_epoch} {_figures(best)}; epoch {last['epoch']} "
         f"{_figures(last)}. weights/last.pt holds the last weights (not calibrated); "
         "--select-metric pooled_ap50 (every box counts once) or auroc (the image verdict, which "
-        "every validation image informs) picks on more evidence."
+        "every validation image informs) picks on more evidence; last takes the epoch the "
+        "schedule ends on."
     )
 
 

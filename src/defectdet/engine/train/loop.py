@@ -21,6 +21,7 @@ from torch import nn
 
 import defectdet.engine.train.distributed as ddp
 from defectdet.config import (
+    SELECT_LAST,
     TrainConfig,
     from_dict,
     resolve_preset,
@@ -371,7 +372,9 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, ValidationMixin):
             **(mining or {}),
         }
         self.history.append(row)
-        value = row.get(self.cfg.run.select_metric)
+        metric = self.cfg.run.select_metric
+        # last ranks by epoch number: each validation beats the one before
+        value = row["epoch"] if metric == SELECT_LAST else row.get(metric)
         improved = metrics is not None and value is not None and value > self.state["best"]
         if improved or self.state["best_epoch"] < 0:
             self.state.update(
@@ -423,11 +426,12 @@ class Trainer(CheckpointMixin, BudgetMixin, MiningMixin, ValidationMixin):
 
     def _finish(self) -> None:
         self.history.plot()
-        s = self.state
-        out.print(
-            f"done: best {self.cfg.run.select_metric} = "
-            f"{s['best'] if s['best'] > -math.inf else 'n/a'} at epoch {s['best_epoch']}; "
-            f"weights in {self.run_dir / 'weights'}"
+        s, metric = self.state, self.cfg.run.select_metric
+        picked = (
+            "best.pt is the last validated epoch"
+            if metric == SELECT_LAST
+            else f"best {metric} = {s['best'] if s['best'] > -math.inf else 'n/a'} at epoch"
         )
+        out.print(f"done: {picked} {s['best_epoch']}; weights in {self.run_dir / 'weights'}")
         self._warn_early_pick()
         self._calibrate()
