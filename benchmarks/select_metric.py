@@ -3,7 +3,7 @@
 For each run trained with ``--save-period 1`` (so every epoch's weights are kept as
 ``weights/epochN.pt``): read ``metrics.csv``, take the epoch each metric of :data:`METRICS` ranks
 first (the earliest of equal values, as ``train`` does), and the last epoch; evaluate those
-snapshots on a held-out set through ``evaluate``'s own path (:func:`evaluate_checkpoint`) and
+snapshots on a held-out set through ``evaluate``'s own path (:func:`score_checkpoint`) and
 report what each pick gives there: mean per-class AP50, pooled AP50, image AUROC and the share of
 good parts flagged at 90 % defect recall. ``--every`` evaluates every epoch and adds the held-out
 best (the most any rule could pick) for scale.
@@ -24,7 +24,7 @@ import pandas as pd
 
 from defectdet.config import PredictConfig
 from defectdet.data.formats import load_dataset
-from defectdet.engine.evaluate.run import evaluate_checkpoint
+from defectdet.engine.evaluate.run import score_checkpoint
 
 METRICS = ("mean_class_ap50", "pooled_ap50", "map", "auroc", "balanced_accuracy")
 """Validation columns of ``metrics.csv`` that ``--select-metric`` can name (``map50`` is
@@ -37,29 +37,21 @@ def picks(history: pd.DataFrame) -> dict[str, int]:
     """The epoch each validation metric ranks first, and the last epoch."""
     out = {}
     for m in METRICS:
-        col = pd.to_numeric(history.get(m), errors="coerce") if m in history else None
+        col = pd.to_numeric(history[m], errors="coerce") if m in history else None
         if col is not None and col.notna().any():
             out[m] = int(history.loc[col.idxmax(), "epoch"])
     out["last"] = int(history["epoch"].max())
     return out
 
 
-def far_at_recall(roc: dict | None, recall: float = 0.9) -> float | None:
-    """Share of good parts flagged at the strictest threshold reaching ``recall``."""
-    if not roc:
-        return None
-    fpr, tpr = np.asarray(roc["fpr"]), np.asarray(roc["tpr"])
-    return float(fpr[tpr >= recall - 1e-9].min())
-
-
 def held_out(test, weights: Path, split: str | None) -> dict[str, float | None]:
     """The held-out figures of one checkpoint."""
-    m = evaluate_checkpoint(test, weights, PredictConfig(), split)["metrics"]
+    m = score_checkpoint(test, weights, PredictConfig(), split).metrics
     return {
-        "mean_class_ap50": m["mean_class_ap50"],
-        "pooled_ap50": m["pooled_ap50"],
-        "auroc": m["image_level"].get("auroc"),
-        "far_at_90": far_at_recall(m["image_roc"]),
+        "mean_class_ap50": m.mean_class_ap50,
+        "pooled_ap50": m.pooled_ap50,
+        "auroc": m.image_level.get("auroc"),
+        "far_at_90": m.false_alarm_at_recall(0.9),
     }
 
 

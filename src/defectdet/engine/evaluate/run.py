@@ -8,13 +8,16 @@ and lines up the model's classes with the data's.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from defectdet.config import PredictConfig, validate
 from defectdet.console import warn
 from defectdet.data.catalog import Catalog
+from defectdet.engine.evaluate.metrics import MetricsResult
 from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.gallery import evaluation_items, write_gallery
 from defectdet.errors import ConfigError
@@ -53,18 +56,23 @@ def class_mapping(model_classes: list[str], data_classes: list[str]) -> np.ndarr
     return np.array([data_classes.index(c) for c in model_classes], dtype=np.int64)
 
 
-def evaluate_checkpoint(
-    catalog: Catalog,
-    weights: Path,
-    cfg: PredictConfig,
-    split: str | None = None,
-    data_name: str = "",
-    gallery: Path | None = None,
-    gallery_size: int = 24,
-) -> dict:
-    """Run the checkpoint over the chosen split and return the full report (JSON-ready): the
-    detections are those ``predict`` gives for the same images, the metrics one
-    :class:`~defectdet.engine.evaluate.metrics.MetricsResult`."""
+@dataclass
+class Scored:
+    """A checkpoint scored on a catalogue part: what :func:`evaluate_checkpoint` reports from."""
+
+    part: Catalog  # the split, good parts from --negatives included
+    split: str
+    detector: Any
+    metrics: MetricsResult
+    dets: list
+    started: float  # perf_counter() before inference
+
+
+def score_checkpoint(
+    catalog: Catalog, weights: Path, cfg: PredictConfig, split: str | None = None
+) -> Scored:
+    """Run the checkpoint over the chosen split: the detections ``predict`` gives for the same
+    images, and their :class:`~defectdet.engine.evaluate.metrics.MetricsResult`."""
     from defectdet.engine.inference.detectors import load_detector
     from defectdet.model import resolve_device
 
@@ -79,6 +87,22 @@ def evaluate_checkpoint(
     metrics, dets = score_catalog(
         detector, part, cfg.infer, rt.batch_size, rt.workers, cfg.tiles, label_map=mapping
     )
+    return Scored(part, split, detector, metrics, dets, t0)
+
+
+def evaluate_checkpoint(
+    catalog: Catalog,
+    weights: Path,
+    cfg: PredictConfig,
+    split: str | None = None,
+    data_name: str = "",
+    gallery: Path | None = None,
+    gallery_size: int = 24,
+) -> dict:
+    """Run the checkpoint over the chosen split (:func:`score_checkpoint`) and return the full
+    report (JSON-ready)."""
+    scored = score_checkpoint(catalog, weights, cfg, split)
+    part, metrics, dets, rt = scored.part, scored.metrics, scored.dets, cfg.runtime
     thresholds = np.array([c.threshold for c in metrics.classes])
     sheets = []
     if gallery is not None:
@@ -88,14 +112,14 @@ def evaluate_checkpoint(
         "weights": str(weights),
         "backend": rt.backend,
         "data": data_name,
-        "split": split,
+        "split": scored.split,
         "images": part.num_images,
         "classes": part.classes,
         "thresholds": {c.name: c.threshold for c in metrics.classes},
         "threshold_source": metrics.threshold_source,
-        "operating_point": detector.operating_point,
+        "operating_point": scored.detector.operating_point,
         "nms_iou": cfg.infer.iou,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(time.perf_counter() - scored.started, 2),
         "metrics": metrics.to_dict(),
         "pr_curves": metrics.pr_curves,
         "gallery": sheets,
