@@ -23,7 +23,8 @@ from defectdet.config import (
     train_config,
     upgrade,
 )
-from defectdet.engine.compare.run import parse_variant, variant_configs
+from defectdet.engine.compare.run import variant_configs
+from defectdet.engine.compare.variants import parse_variant
 from test_train import make_easy_dataset
 
 runner = CliRunner()

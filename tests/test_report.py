@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from conftest import TINY_MODEL_ARGS
 from defectdet.cli import app
 from defectdet.engine.compare import run as cmp
+from defectdet.engine.compare.variants import parse_variant
 from test_train import make_easy_dataset
 
 runner = CliRunner()
@@ -163,7 +164,7 @@ def test_compare_report_marks_the_best_and_never_overwrites(tmp_path: Path, monk
     monkeypatch.setattr(cmp, "_score", fake_score)
     from defectdet.config import TrainConfig
 
-    variants = [cmp.parse_variant("loss=ce"), cmp.parse_variant("loss=focal")]
+    variants = [parse_variant("loss=ce"), parse_variant("loss=focal")]
     cmp.run_compare(TrainConfig(), variants, tmp_path / "study")
     res = runner.invoke(app, ["report", str(tmp_path / "study")])
     assert res.exit_code == 0, res.output
@@ -177,6 +178,30 @@ def test_compare_report_marks_the_best_and_never_overwrites(tmp_path: Path, monk
     again = runner.invoke(app, ["report", str(tmp_path / "study")])
     assert again.exit_code == 4 and "--exist-ok" in again.output
     assert runner.invoke(app, ["report", str(tmp_path)]).exit_code == 2  # not a run or study
+
+
+def test_compare_report_shows_the_spread_across_seeds(tmp_path: Path, monkeypatch) -> None:
+    from defectdet.config import TrainConfig
+    from defectdet.engine.compare.variants import with_seeds
+
+    def fake_score(run_dir, points):
+        k = 0.1 * int(run_dir.name.rsplit("=", 1)[1]) + (0.0 if "ce" in run_dir.name else 0.4)
+        return {"pooled_ap50": k, "mean_class_ap50": k, "ap50_a": k}, [cmp.ClassCount("a", 3, 1)]
+
+    monkeypatch.setattr(cmp, "_train_or_resume", lambda cfg, run_dir: run_dir)
+    monkeypatch.setattr(cmp, "_score", fake_score)
+    variants = with_seeds([parse_variant("loss=ce"), parse_variant("loss=focal")], [1, 3])
+    cmp.run_compare(TrainConfig(), variants, tmp_path / "study")
+    assert runner.invoke(app, ["report", str(tmp_path / "study")]).exit_code == 0
+    page = parse(tmp_path / "study" / "report.html")
+    rows = page.tables["summary across seeds: mean (min-max)"]
+    summary = pd.read_csv(tmp_path / "study" / "compare-seeds.csv")
+    assert len(rows) == 2 and len(page.tables["compare.csv"]) == 4
+    for row, (_, expected) in zip(rows, summary.iterrows(), strict=True):
+        assert number(row["mean per-class AP50"]) == pytest.approx(expected["mean_class_ap50_mean"])
+    assert number(rows[1]["mean per-class AP50"]) == pytest.approx(0.6)  # focal: 0.5, 0.7
+    marked = "summary across seeds: mean (min-max):mean per-class AP50:0.6"
+    assert any(b.startswith(marked) for b in page._best)
 
 
 def _browser():

@@ -41,6 +41,15 @@ def compare(
         Path | None,
         typer.Option(help="Base YAML config for every variant.", rich_help_panel=_STUDY),
     ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Train every variant once per seed (0,1,2 or 0-2) and add each variant's mean "
+            "and min-max across seeds: per-class AP on a few rare boxes moves a lot between "
+            "seeds, so one seed can crown the wrong remedy.",
+            rich_help_panel=_STUDY,
+        ),
+    ] = None,
     far: Annotated[
         float,
         typer.Option(help="False-alarm rate for the defect-recall column.", rich_help_panel=_STUDY),
@@ -72,14 +81,17 @@ def compare(
     resumes.
 
     Train options given here apply to every variant (a variant's own keys win); every variant
-    is checked before any trains.
+    is checked before any trains. With --seeds each variant trains once per seed, and a table
+    of each variant's mean and min-max over its seeds follows (also in compare-seeds.csv).
 
     [dim]Example:
       defectdet compare data/ --epochs 10 --runs "loss=ce" "loss=focal,gamma=2" \\
-          "loss=focal,sampler=repeat-factor" "loss=focal,class_weights=effective"[/]
+          "loss=focal,sampler=repeat-factor" "loss=focal,class_weights=effective"
+      defectdet compare data/ --grid grid.yaml --seeds 0,1,2 --time-budget 10[/]
     """
     from defectdet.config import apply, config_names, load_config
-    from defectdet.engine.compare.run import TablePoints, load_grid, parse_variant, run_compare
+    from defectdet.engine.compare.run import TablePoints, run_compare
+    from defectdet.engine.compare.variants import load_grid, parse_seeds, parse_variant, with_seeds
     from defectdet.engine.report.render import write_report
 
     if not 0 < far < 1:
@@ -97,6 +109,10 @@ def compare(
         raise ConfigError(f"unexpected arguments {' '.join(ctx.args)} (variants go after --runs)")
     variants += [parse_variant(t) for t in texts]
     chosen = given(options)
+    if seeds is not None:
+        if "seed" in chosen:
+            raise ConfigError("give --seed or --seeds, not both")
+        variants = with_seeds(variants, parse_seeds(seeds))
     cfg = apply(cfg, {"path": str(data), **chosen})
     study = Path(project) / name
     run_compare(cfg, variants, study, TablePoints(far, at_recall), names | set(chosen))

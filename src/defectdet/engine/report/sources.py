@@ -322,7 +322,13 @@ def data_sections(config: dict) -> list[Section]:
 
 # ---------------------------------------------------------------------------- compare
 def compare_context(path: Path) -> dict:
-    from defectdet.engine.compare.run import COLUMNS, LOWER_IS_BETTER, TablePoints, compare_figure
+    from defectdet.engine.compare.table import (
+        COLUMNS,
+        LOWER_IS_BETTER,
+        TablePoints,
+        compare_figure,
+        seed_views,
+    )
 
     table = pd.read_csv(path / "compare.csv")
     points = TablePoints()
@@ -340,7 +346,20 @@ def compare_context(path: Path) -> dict:
         "did nothing special.",
     )
     per_class.tables = [("per class", per_class_cols, _marked_rows(table, per_class_cols, ()))]
-    return {"title": f"compare study {path.name}", "sections": [variants, per_class]}
+    sections = [variants, per_class]
+    views = seed_views(table, points)
+    if views:  # --seeds: the same figures, each variant's mean and range over its seeds
+        seeds = Section(
+            "Across seeds",
+            "Each variant's mean over its seeds, with the lowest and highest in brackets; a "
+            "difference inside those ranges is not one to act on.",
+        )
+        seeds.tables = [
+            (v.title, v.headers, [[Cell(c.text, c.value, c.best) for c in row] for row in v.rows])
+            for v in views
+        ]
+        sections.insert(0, seeds)
+    return {"title": f"compare study {path.name}", "sections": sections}
 
 
 def _marked_rows(table: pd.DataFrame, columns: list[str], lower: tuple) -> list[list[Cell]]:
