@@ -9,7 +9,7 @@ import pytest
 
 from defectdet.data.formats import load_dataset
 from defectdet.engine.compare import run as cmp
-from defectdet.engine.compare.table import seed_views
+from defectdet.engine.compare.table import seed_verdict, seed_views
 from defectdet.engine.compare.variants import (
     Variant,
     load_grid,
@@ -209,6 +209,10 @@ def test_seeds_give_each_variant_its_mean_and_range(tmp_path: Path, monkeypatch)
     line = next(x for x in md.splitlines() if x.startswith("| loss=focal | 3 |"))
     assert "0.600 (0.500-0.700)" in line and "0.400 (0.300-0.500)" in line  # far: 1 - k
     assert "AP50 per class across seeds" in md
+    assert (  # focal's worst seed (0.25) beats ce's best (0.15)
+        "loss=focal leads on mean per-class AP50 over its seeds (mean 0.300), and its lowest "
+        "seed (0.250) is above every other variant's highest" in md
+    )
     assert (study / "compare.png").read_bytes()[:4] == b"\x89PNG"
     views = seed_views(table, cmp.TablePoints())
     best = {(row[0].text, i) for row in views[0].rows for i, c in enumerate(row) if c.best}
@@ -228,3 +232,26 @@ def test_cli_refuses_seed_with_seeds_and_a_single_seed(tmp_path: Path):
     one = runner.invoke(app, [*args, "--seeds", "3"])
     assert one.exit_code == 2 and "two or more distinct seeds" in one.output
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_seed_verdict_says_when_a_lead_is_inside_the_spread():
+    def table(rows):
+        cols = ["variant", "group", "seed", "status", "mean_class_ap50"]
+        return pd.DataFrame([dict(zip(cols, r, strict=True)) for r in rows])
+
+    overlapping = table(
+        [
+            ("a s0", "a", 0, "ok", 0.40),
+            ("b s0", "b", 0, "ok", 0.45),
+            ("a s1", "a", 1, "ok", 0.30),
+            ("b s1", "b", 1, "ok", 0.35),
+        ]
+    )
+    verdict = seed_verdict(overlapping)
+    assert verdict.startswith("b leads on mean per-class AP50 over its seeds (mean 0.400)")
+    assert "lowest seed (0.350) is not above the highest of a: a lead inside" in verdict
+    one_run = table([("a s0", "a", 0, "ok", 0.4), ("b s0", "b", 0, "failed: nan", None)])
+    assert seed_verdict(one_run) is None  # b has no score: nothing to compare a with
+    one_run.loc[len(one_run)] = ["b s1", "b", 1, "ok", 0.5]
+    assert "but on one finished run" in seed_verdict(one_run)
+    assert seed_verdict(overlapping.drop(columns="group")) is None  # no --seeds

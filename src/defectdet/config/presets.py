@@ -103,8 +103,8 @@ def pick_preset(cuda: bool) -> str:
 
     On DeepPCB made imbalanced, n at 320 px (with the P2 level ``analyze`` then advises) beat s
     at 512 px at 30 CPU-minutes (0.34-0.45 mean per-class AP50 against 0.16-0.19) and at 61
-    (0.597 against 0.406, one seed): on CPU the extra steps buy more than the larger input
-    (docs/benchmarks.md)."""
+    (0.597 / 0.529 against 0.406 / 0.362, two seeds): on CPU the extra steps buy more than the
+    larger input (docs/benchmarks.md)."""
     return "m" if cuda else "n"
 
 

@@ -122,6 +122,9 @@ def to_markdown(
         rule = "|---|" + "---:|" * (len(view.headers) - 1)
         body = ["| " + " | ".join(c.text for c in row) + " |" for row in view.rows]
         parts.append("\n".join([f"**{view.title}**", "", head, rule, *body]) + "\n")
+    verdict = seed_verdict(table)
+    if verdict:
+        parts.append(verdict + "\n")
     return "\n".join(parts)
 
 
@@ -161,6 +164,9 @@ def print_tables(
                 *(f"[bold green]{t}[/]" if c.best else t for c, t in zip(row, cells, strict=True))
             )
         out.print(rich_table)
+    verdict = seed_verdict(table)
+    if verdict:
+        out.print(escape(verdict))
 
 
 # ---------------------------------------------------------------------------- across seeds
@@ -257,6 +263,35 @@ def _spread(
             cells.append(SpreadCell(text, float(mean), c in best and mean == best[c]))
         rows.append(cells)
     return ["variant", "seeds", *(h for _, h in columns)], rows
+
+
+def seed_verdict(table: pd.DataFrame, score: str = "mean_class_ap50") -> str | None:
+    """One sentence on whether the variant with the best mean ``score`` leads on every seed
+    (its lowest run above every other variant's highest) or only inside the seed spread. None
+    for a study without seeds or with fewer than two scored variants."""
+    summary = seed_summary(table)
+    if summary is None:
+        return None
+    scored = summary[pd.to_numeric(summary[f"{score}_mean"], errors="coerce").notna()]
+    if len(scored) < 2:
+        return None
+    best = scored.loc[pd.to_numeric(scored[f"{score}_mean"]).idxmax()]
+    name, low = best["variant"], float(best[f"{score}_min"])
+    mean, label = float(best[f"{score}_mean"]), _header(score, TablePoints())
+    head = f"{name} leads on {label} over its seeds (mean {mean:.3f})"
+    if best["seeds"] < 2:
+        return f"{head}, but on one finished run: not a lead to act on."
+    rivals = scored[scored["variant"] != name]
+    close = rivals[pd.to_numeric(rivals[f"{score}_max"]) >= low]
+    if close.empty:
+        return (
+            f"{head}, and its lowest seed ({low:.3f}) is above every other variant's highest: "
+            "a lead the seeds agree on."
+        )
+    return (
+        f"{head}, but its lowest seed ({low:.3f}) is not above the highest of "
+        f"{', '.join(map(str, close['variant']))}: a lead inside the seed spread."
+    )
 
 
 def compare_figure(table: pd.DataFrame, points: TablePoints):
