@@ -381,10 +381,11 @@ def test_compare_resumes_an_interrupted_variant(easy_data: Path, tmp_path: Path,
     """A variant stopped at global step 3 (of 4) is resumed where it stopped, in its own
     folder: only step 4 runs; a finished variant runs no step at all."""
     from defectdet.engine.compare import run as cmp
+    from defectdet.engine.compare.variants import parse_variant
 
     study = tmp_path / "study"
     base = tiny_config(easy_data, tmp_path, optim__epochs=2)
-    ((_, name, cfg),) = cmp.variant_configs(base, [cmp.parse_variant("loss=ce")], study)
+    ((_, name, cfg),) = cmp.variant_configs(base, [parse_variant("loss=ce")], study)
     steps: list[int] = []
 
     def note(trainer):
