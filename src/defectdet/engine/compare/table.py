@@ -66,15 +66,7 @@ def _sections(
 ) -> list[tuple[str, list[tuple[str, str]]]]:
     """(title, [(column, header)]) of the summary table and, when classes are known, the
     per-class table (AP50, train/val instances in brackets; mAP@[.5:.95] last)."""
-    rarest = table["rarest_class"].dropna() if "rarest_class" in table else pd.Series([])
-    summary = [
-        (
-            c,
-            _header(c, points)
-            + (f" ({rarest.iloc[0]})" if c == "rarest_ap50" and len(rarest) else ""),
-        )
-        for c in COLUMNS
-    ]
+    summary = [(c, _summary_header(c, table, points)) for c in COLUMNS]
     sections = [("summary", summary)]
     if classes:
         per_class = [("variant", "variant")]
@@ -82,6 +74,13 @@ def _sections(
         per_class.append(("map", "mAP@[.5:.95]"))
         sections.append(("AP50 per class (train/val instances)", per_class))
     return sections
+
+
+def _summary_header(col: str, table: pd.DataFrame, points: TablePoints) -> str:
+    """A summary column's header; the rarest class's AP50 names that class."""
+    rarest = table["rarest_class"].dropna() if "rarest_class" in table else pd.Series([])
+    head = _header(col, points)
+    return f"{head} ({rarest.iloc[0]})" if col == "rarest_ap50" and len(rarest) else head
 
 
 def _header(col: str, points: TablePoints) -> str:
@@ -222,12 +221,7 @@ def seed_views(table: pd.DataFrame, points: TablePoints) -> list[SeedView]:
     summary = seed_summary(table)
     if summary is None:
         return []
-    rarest = table["rarest_class"].dropna() if "rarest_class" in table else pd.Series([])
-    main = [(c, _header(c, points)) for c in SEED_SCORES if f"{c}_mean" in summary]
-    main = [
-        (c, h + f" ({rarest.iloc[0]})" if c == "rarest_ap50" and len(rarest) else h)
-        for c, h in main
-    ]
+    main = [(c, _summary_header(c, table, points)) for c in SEED_SCORES if f"{c}_mean" in summary]
     per_class = [
         (c[: -len("_mean")], c[len("ap50_") : -len("_mean")])
         for c in summary.columns
