@@ -4,6 +4,7 @@ headless browser without errors."""
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from html.parser import HTMLParser
@@ -182,6 +183,7 @@ def test_compare_report_marks_the_best_and_never_overwrites(tmp_path: Path, monk
 
 def test_compare_report_shows_the_spread_across_seeds(tmp_path: Path, monkeypatch) -> None:
     from defectdet.config import TrainConfig
+    from defectdet.engine.compare.table import seed_verdict
     from defectdet.engine.compare.variants import with_seeds
 
     def fake_score(run_dir, points):
@@ -202,6 +204,11 @@ def test_compare_report_shows_the_spread_across_seeds(tmp_path: Path, monkeypatc
     assert number(rows[1]["mean per-class AP50"]) == pytest.approx(0.6)  # focal: 0.5, 0.7
     marked = "summary across seeds: mean (min-max):mean per-class AP50:0.6"
     assert any(b.startswith(marked) for b in page._best)
+    # the one-line verdict the console and compare.md print under those tables, here too
+    text = html.unescape((tmp_path / "study" / "report.html").read_text(encoding="utf-8"))
+    verdict = seed_verdict(pd.read_csv(tmp_path / "study" / "compare.csv"))
+    assert verdict and "loss=focal" in verdict and "the seeds agree on" in verdict
+    assert f"<p>{verdict}</p>" in text
 
 
 def _browser():

@@ -327,6 +327,7 @@ def compare_context(path: Path) -> dict:
         LOWER_IS_BETTER,
         TablePoints,
         compare_figure,
+        seed_verdict,
         seed_views,
     )
 
@@ -358,6 +359,8 @@ def compare_context(path: Path) -> dict:
             (v.title, v.headers, [[Cell(c.text, c.value, c.best) for c in row] for row in v.rows])
             for v in views
         ]
+        verdict = seed_verdict(table)  # the line the console and compare.md print under them
+        seeds.text = [verdict] if verdict else []
         sections.insert(0, seeds)
     return {"title": f"compare study {path.name}", "sections": sections}
 
