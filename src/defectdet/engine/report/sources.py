@@ -359,7 +359,7 @@ def compare_context(path: Path) -> dict:
             (v.title, v.headers, [[Cell(c.text, c.value, c.best) for c in row] for row in v.rows])
             for v in views
         ]
-        verdict = seed_verdict(table)  # the line the console and compare.md print under them
+        verdict = seed_verdict(table)  # as on the console and in compare.md, here at the head
         seeds.text = [verdict] if verdict else []
         sections.insert(0, seeds)
     return {"title": f"compare study {path.name}", "sections": sections}
