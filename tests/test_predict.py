@@ -365,7 +365,7 @@ TILED_OBJECTS = [
 
 
 def draw_objects(path: Path, objects) -> None:
-    bgr = {"red": (0, 0, 255), "green": (0, 255, 0)}
+    bgr = {"red": (0, 0, 255), "green": (0, 255, 0), "black": (0, 0, 0)}
     img = np.zeros((200, 300, 3), dtype=np.uint8)
     for x1, y1, x2, y2, name in objects:  # in order: the green square paints over the frame
         img[y1:y2, x1:x2] = bgr[name]
@@ -396,17 +396,39 @@ def test_tiled_max_det_keeps_the_best_boxes_of_the_image(tmp_path: Path) -> None
     assert got == sorted(TILED_OBJECTS[2:])  # the three largest: the highest scores
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LIMITATION engine/inference/run.py merge_tiles: a tile that sees less than half of "
-    "an object returns a partial box whose IoU with the whole one is below --iou, so class-wise "
-    "NMS keeps both (two boxes for one object); needs e.g. dropping boxes cut by an inner tile "
-    "edge, or merging by intersection over the smaller box",
-)
 def test_tiles_merge_an_object_mostly_outside_one_tile(tmp_path: Path) -> None:
-    obj = (120, 150, 140, 170, "red")  # tile 1 (x < 128) sees 8 of its 20 px; tile 2 all
-    got, _ = tiled_boxes(tmp_path, [obj])
+    """Tile 1 (x < 128) sees 8 of its 20 px: IoU 0.4 with the whole box, which NMS alone keeps
+    as a second object."""
+    obj = (120, 150, 140, 170, "red")
+    got, det = tiled_boxes(tmp_path, [obj])
     assert got == [obj]
+    assert det.raw == 2
+
+
+def test_tiles_join_an_object_no_tile_sees_whole(tmp_path: Path) -> None:
+    """Three tiles each see part of a 160 px long object (tiles are 128 px): one box, its whole
+    extent."""
+    obj = (40, 150, 200, 170, "red")
+    got, det = tiled_boxes(tmp_path, [obj])
+    assert got == [obj]
+    assert det.raw == 3
+
+
+def test_tiles_join_an_object_at_the_corner_of_four_tiles(tmp_path: Path) -> None:
+    """Each of the four tiles around x 96-128, y 72-128 sees one corner of it."""
+    obj = (80, 60, 150, 140, "green")
+    got, det = tiled_boxes(tmp_path, [obj])
+    assert got == [obj]
+    assert det.raw == 4
+
+
+def test_tiles_keep_a_defect_inside_a_larger_one_cut_by_a_tile_edge(tmp_path: Path) -> None:
+    """A red square inside a red frame, both cut by tile 1's right edge: each object once,
+    the square not swallowed by the frame (it lies wholly inside it)."""
+    frame, square = (100, 20, 140, 60, "red"), (110, 30, 130, 50, "red")
+    got, det = tiled_boxes(tmp_path, [frame, (104, 24, 136, 56, "black"), square])
+    assert got == sorted([frame, square])
+    assert det.raw == 4
 
 
 def test_letterbox_maps_back_without_tiles(tmp_path: Path) -> None:

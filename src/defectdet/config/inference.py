@@ -95,8 +95,8 @@ class TileConfig:
     tile: int | None = opt(
         None,
         "Tile large images: tiles of SIZE px of the original, each run at the model's resolution, "
-        "boxes merged by NMS (0 = off: the whole image is resized). Default: the tile size the "
-        "model was trained on (train --train-tile), else off.",
+        "their boxes merged into one per object (0 = off: the whole image is resized). Default: "
+        "the tile size the model was trained on (train --train-tile), else off.",
         low=0,
         check=check_tile,
         allowed="0 (off) or at least 32",

@@ -25,7 +25,8 @@ from defectdet.engine.inference.sources import SourceImage
 @dataclass
 class ImageMeta:
     """One image of a batch. ``tiles`` rows of the batch tensor belong to it (0 if unreadable);
-    ``offsets`` (tiles, 2) are their top-left corners (x0, y0) in original pixels."""
+    ``offsets`` (tiles, 2) are their top-left corners (x0, y0) in original pixels; ``tile`` is
+    their side in original pixels (0: the whole image, letterboxed)."""
 
     index: int
     name: str
@@ -35,6 +36,7 @@ class ImageMeta:
     offsets: np.ndarray
     error: str | None = None
     image: np.ndarray | None = None  # (H, W, 3) RGB original, only when asked for
+    tile: int = 0
 
     @property
     def tiles(self) -> int:
@@ -88,7 +90,9 @@ class InferenceDataset(Dataset):
             crops = [letterbox(image, self.size, scale)]
         tiles = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
         keep = image if self.keep_image else None
-        meta = ImageMeta(index, src.name, w, h, scale, offsets.astype(np.float32), image=keep)
+        meta = ImageMeta(
+            index, src.name, w, h, scale, offsets.astype(np.float32), image=keep, tile=self.tile
+        )
         return tiles, meta
 
 

@@ -27,6 +27,7 @@ from defectdet.engine.inference.preprocess import (
     make_inference_loader,
 )
 from defectdet.engine.inference.sources import SourceImage
+from defectdet.engine.inference.tile_merge import merge_tile_views
 from defectdet.errors import ConfigError
 from defectdet.model.postprocess import AP_SCORE_FLOOR, PostprocessSettings
 
@@ -180,8 +181,9 @@ class Inference:
 def merge_tiles(
     preds: list[dict[str, torch.Tensor]], meta: ImageMeta, infer: InferConfig
 ) -> Detections:
-    """Detections of an image's tiles (model pixels) -> original pixels, clipped to the image,
-    then class-wise NMS at ``infer.iou`` (merging tiles) and cut to ``infer.max_det``."""
+    """Detections of an image's tiles (model pixels) -> original pixels, clipped to the image;
+    each object's views in overlapping tiles merged (:mod:`.tile_merge`); class-wise NMS at
+    ``infer.iou``; cut to ``infer.max_det``."""
     boxes = [
         torch.from_numpy(
             to_original(p["boxes"].float().numpy(), meta.scale, tuple(off), meta.width, meta.height)
@@ -191,6 +193,12 @@ def merge_tiles(
     b = torch.cat(boxes) if boxes else torch.zeros((0, 4))
     s = torch.cat([p["scores"].float() for p in preds]) if preds else torch.zeros(0)
     lab = torch.cat([p["labels"] for p in preds]) if preds else torch.zeros(0, dtype=torch.int64)
+    tile_ids = torch.repeat_interleave(
+        torch.arange(len(boxes)), torch.tensor([len(x) for x in boxes], dtype=torch.int64)
+    )
+    if meta.tiles > 1 and meta.tile:  # before NMS, which would drop parts of a split object
+        keep, merged = merge_tile_views(b, s, lab, tile_ids, meta)
+        b, s, lab = merged, s[keep], lab[keep]
     # Again after mapping, for one tile too: the model's NMS saw boxes clipped to the padded
     # square input; clipped to the real image they may overlap more than --iou.
     keep = batched_nms(b, s, lab, infer.iou)[: infer.max_det]  # sorted by score
