@@ -157,14 +157,15 @@ def join_parts(
         (a part that took in others: their union).
     """
     n = len(boxes)
-    if n < 2 or int(cut.sum()) < 2:
+    c = torch.nonzero(cut).flatten()  # only cut boxes can be parts: pairs among them alone
+    if len(c) < 2:
         return torch.arange(n), boxes
+    lab, tid = labels[c], tile_ids[c]
     i, j = torch.nonzero(
-        ((labels[:, None] == labels[None, :]) & (tile_ids[:, None] != tile_ids[None, :]))
-        .logical_and_(cut[:, None] & cut[None, :])
-        .triu_(diagonal=1),  # i takes in j only when i scores higher (comes first)
+        ((lab[:, None] == lab[None, :]) & (tid[:, None] != tid[None, :])).triu_(diagonal=1),
         as_tuple=True,
-    )
+    )  # i takes in j only when i scores higher (comes first)
+    i, j = c[i], c[j]
     ri, rj = rects[tile_ids[i]], rects[tile_ids[j]]
     parts = (
         (shared_view_iou(boxes[i], boxes[j], ri, rj) >= match)
