@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +31,6 @@ from defectdet.engine.evaluate.metrics import evaluate_detections
 from defectdet.engine.evaluate.score import catalog_sources
 from defectdet.engine.inference import tile_merge
 from defectdet.engine.inference.detectors import load_detector
-from defectdet.engine.inference.preprocess import InferenceDataset, make_inference_loader
 from defectdet.engine.inference.run import Inference, merge_tiles
 
 FIGURES = ("mean_class_ap50", "pooled_ap50", "auroc", "far_at_90")
@@ -58,16 +57,10 @@ def raw_detections(weights: Path, catalog, tile: int | None, batch: int = 8) -> 
     inference = Inference(detector, InferConfig(), TileConfig(tile=tile))
     if not inference.tile:
         raise SystemExit(f"{weights} was not trained on tiles: pass --tile SIZE")
-    dataset = InferenceDataset(
-        catalog_sources(catalog), detector.image_size, inference.tile, inference.tiles.tile_overlap
-    )
     ids = catalog.images["image_id"].astype(int).tolist()
     out = []
-    for tiles, metas in make_inference_loader(dataset, batch, 0):
-        preds, start = inference._detect(tiles, batch), 0
-        for meta in metas:
-            out.append((ids[meta.index], meta, preds[start : start + meta.tiles]))
-            start += meta.tiles
+    for batch_out in inference.tile_detections(catalog_sources(catalog), batch, 0):
+        out += [(ids[m.index], m, p) for m, p in batch_out if p is not None]
     return out, inference.thresholds
 
 
@@ -77,10 +70,7 @@ def score(catalog, raw, thresholds, rule: str) -> dict:
     for image_id, meta, preds in raw:
         if rule == "nms":
             meta = replace(meta, tile=0)  # merge_tiles merges tiles only when it knows the size
-        if rule == "cores":
-            with without_joining():
-                det = merge_tiles(preds, meta, InferConfig())
-        else:
+        with without_joining() if rule == "cores" else nullcontext():
             det = merge_tiles(preds, meta, InferConfig())
         det.image_id = image_id
         dets.append(det)

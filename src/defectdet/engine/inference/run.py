@@ -139,6 +139,21 @@ class Inference:
     ) -> Iterator[list[tuple[ImageMeta, Detections | None]]]:
         """Per loader batch: each image's meta and detections (None when it was unreadable;
         ``meta.error`` says why). ``Detections.image_id`` is the input's position."""
+        for batch in self.tile_detections(sources, batch_size, workers, keep_image):
+            t = time.perf_counter()
+            out = [(m, None if p is None else merge_tiles(p, m, self.infer)) for m, p in batch]
+            self._tick("postprocess", t)
+            yield out
+
+    def tile_detections(
+        self,
+        sources: Sequence[SourceImage],
+        batch_size: int,
+        workers: int,
+        keep_image: bool = False,
+    ) -> Iterator[list[tuple[ImageMeta, list[dict[str, torch.Tensor]] | None]]]:
+        """Per loader batch: each image's meta and the detector's output for each of its tiles
+        (model pixels, before :func:`merge_tiles`; None when the image was unreadable)."""
         dataset = InferenceDataset(
             sources,
             self.detector.image_size,
@@ -151,16 +166,13 @@ class Inference:
         for tiles, metas in loader:
             t = self._tick("wait_for_data", wait)
             preds = self._detect(tiles, batch_size)
-            t = self._tick("model", t)
+            self._tick("model", t)
             out, start = [], 0
             for meta in metas:
-                if meta.error is not None:
-                    out.append((meta, None))
-                    continue
-                det = merge_tiles(preds[start : start + meta.tiles], meta, self.infer)
+                out.append(
+                    (meta, None if meta.error is not None else preds[start : start + meta.tiles])
+                )
                 start += meta.tiles
-                out.append((meta, det))
-            self._tick("postprocess", t)
             yield out
             wait = time.perf_counter()
 
@@ -193,10 +205,9 @@ def merge_tiles(
     b = torch.cat(boxes) if boxes else torch.zeros((0, 4))
     s = torch.cat([p["scores"].float() for p in preds]) if preds else torch.zeros(0)
     lab = torch.cat([p["labels"] for p in preds]) if preds else torch.zeros(0, dtype=torch.int64)
-    tile_ids = torch.repeat_interleave(
-        torch.arange(len(boxes)), torch.tensor([len(x) for x in boxes], dtype=torch.int64)
-    )
     if meta.tiles > 1 and meta.tile:  # before NMS, which would drop parts of a split object
+        per_tile = torch.tensor([len(x) for x in boxes], dtype=torch.int64)
+        tile_ids = torch.repeat_interleave(torch.arange(len(boxes)), per_tile)
         keep, merged = merge_tile_views(b, s, lab, tile_ids, meta)
         b, s, lab = merged, s[keep], lab[keep]
     # Again after mapping, for one tile too: the model's NMS saw boxes clipped to the padded
