@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,23 @@ TINY_MODEL_ARGS = [
     "--augment",
     "none",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_module_folders(request, tmp_path_factory):
+    """Delete the folders a test module made with ``tmp_path_factory`` once it has passed.
+
+    ``tmp_path_retention_policy`` (pyproject) frees each passed test's ``tmp_path``, but not the
+    module fixtures' folders (trained runs, checkpoints), which would otherwise pile up to
+    ~10 GB over the suite and fill a small CI disk. Autouse and set up first, so torn down last.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:  # keep a failing module's folders to debug
+        for path in set(base.iterdir()) - before:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
