@@ -98,6 +98,35 @@ def test_target_recall_holds_on_an_unseen_split() -> None:
     assert op.notes == []
 
 
+def test_evaluate_reports_the_recall_calibration_promised() -> None:
+    """On the split it was chosen on, evaluate's per-class recall and precision at the
+    operating point are the evidence calibration stored, also where boxes of another class
+    cover the same defects (as on DeepPCB, where one defect often gets two classes' boxes)."""
+    from defectdet.engine.evaluate.metrics import evaluate_detections
+
+    cat, dets = split(seed=3)
+    rng = np.random.default_rng(3)
+    for i, d in enumerate(dets):  # on most found defects, a better-placed second-class box
+        found = d.scores > 0.3
+        twins = d.boxes[found]
+        own = d.boxes + rng.uniform(-2, 2, d.boxes.shape)
+        dets[i] = Detections(
+            d.image_id,
+            np.concatenate([own, twins]),
+            np.concatenate([d.scores, rng.uniform(0.2, 1.0, len(twins))]),
+            np.concatenate([d.labels, 1 - d.labels[found]]),
+        )
+    for objective in (CalibrateConfig(), CalibrateConfig(target_recall="0.8")):
+        op = choose_operating_point(cat, dets, objective, "val")
+        m = evaluate_detections(cat, dets, np.array([op.thresholds[c] for c in CLASSES]))
+        for ev, got in zip(op.classes, m.classes, strict=True):
+            assert (got.recall, got.recall_low, got.recall_high) == pytest.approx(
+                (ev.recall, ev.recall_low, ev.recall_high)
+            )
+            assert got.precision == pytest.approx(ev.precision)
+        assert min(m.confusion_matrix[0][1], m.confusion_matrix[1][0]) >= 3  # twins compete
+
+
 def test_unreachable_target_keeps_the_lowest_threshold() -> None:
     cat, dets = split(seed=3, miss=0.2)
     op = choose_operating_point(cat, dets, CalibrateConfig(target_recall="crack=0.99"), "val")

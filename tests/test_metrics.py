@@ -122,6 +122,20 @@ def test_confusion_matrix_background_row_and_column():
     np.testing.assert_array_equal(cm, expected)
 
 
+def test_per_class_recall_matches_within_the_class_as_calibration_does():
+    """A scratch covered by its own box (0.6) and by a better-placed crack box (0.9): found, for
+    the scratch's recall, as AP and calibration count it; the crack box is not a crack (its
+    precision) but sits on a defect (no false alarm); the confusion matrix pairs the scratch
+    with the crack box, one box per defect."""
+    dets = [det(1, [[10, 10, 30, 30, 0.9, 1], [12, 12, 32, 32, 0.6, 0]])]
+    m = evaluate_detections(catalog(), dets, thr(0.5))
+    scratch, crack = m.classes
+    assert (scratch.recall, scratch.precision) == (1.0, 1.0)
+    assert (crack.recall, crack.precision, crack.false_alarms_per_image) == (0.0, 0.0, 0.0)
+    assert m.confusion_matrix[0][1] == 1  # the cross-class view
+    assert m.threshold_curves["recall"]["scratch"][50] == scratch.recall  # thresholds.png agrees
+
+
 def test_image_level_and_per_class_thresholds():
     dets = [
         det(1, [[10, 10, 30, 30, 0.4, 0]]),

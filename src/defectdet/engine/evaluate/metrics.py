@@ -3,8 +3,12 @@
 - COCO mAP@[.5:.95] and mAP50 from pycocotools' COCOeval, plus per-class AP and AP50 read from
   its precision array; ``mean_class_ap50`` averages AP50 over classes that have ground truth, so
   the rare class counts as much as the common one.
-- A confusion matrix with a background row and column (IoU 0.5, at the score threshold):
-  missed defects land in the background column, false alarms in the background row.
+- Per class at its threshold: precision and recall with boxes matched within the class (IoU
+  0.5, greedy by score), the curves calibration chooses thresholds on, so the recall
+  ``evaluate`` reports on the calibration split is the one calibration promised.
+- A confusion matrix with a background row and column (IoU 0.5, at the score threshold, each
+  defect matched to one box of any class): missed defects land in the background column, false
+  alarms in the background row (the per-class "false alarms / image").
 - Image-level "defect vs ok": recall, false-alarm rate, balanced accuracy, AUROC, next to plain
   accuracy and the accuracy of always answering "ok" (the accuracy paradox, made visible).
 """
@@ -45,7 +49,7 @@ class ClassMetrics:
     threshold: float
     recall_low: float | None = None  # 95 % Wilson interval of the recall
     recall_high: float | None = None
-    false_alarms_per_image: float | None = None  # boxes of the class on no box, per image
+    false_alarms_per_image: float | None = None  # boxes of the class on no defect, per image
 
 
 @dataclass
@@ -138,19 +142,24 @@ def evaluate_detections(
     thresholds = np.asarray(thresholds, dtype=np.float64)
     coco = coco_metrics(catalog, detections)
     cm = confusion_matrix(catalog, detections, thresholds, iou)
+    curves = class_curves(catalog, detections, iou)
     per_class = []
     n_images = max(catalog.num_images, 1)
-    for k, name in enumerate(catalog.classes):
-        tp, gt, pred = cm[k, k], cm[k].sum(), cm[:, k].sum()
-        low, high = wilson(int(tp), int(gt))
+    for k, curve in enumerate(curves):
+        # Matched within the class, as AP and calibration match: a defect counts as found when
+        # a box of its class covers it, whatever else overlaps it (the confusion matrix is the
+        # cross-class view, one box per defect).
+        tp, fp = curve.counts_at(float(thresholds[k]))
+        gt = curve.n_gt
+        low, high = wilson(tp, gt)
         per_class.append(
             ClassMetrics(
-                name,
-                int(gt),
+                curve.name,
+                gt,
                 coco["ap"][k],
                 coco["ap50"][k],
-                float(tp / pred) if pred else None,
-                float(tp / gt) if gt else None,
+                tp / (tp + fp) if tp + fp else None,
+                tp / gt if gt else None,
                 float(thresholds[k]),
                 low,
                 high,
@@ -168,7 +177,7 @@ def evaluate_detections(
         confusion_labels=[*catalog.classes, "background"],
         image_level=image_level_metrics(truth, score, verdict),
         pr_curves=coco["pr_curves"],
-        threshold_curves=threshold_curves(class_curves(catalog, detections)),
+        threshold_curves=threshold_curves(curves),
         image_truth=truth,
         image_score=score,
     )
