@@ -127,6 +127,44 @@ def test_evaluate_reports_the_recall_calibration_promised() -> None:
         assert min(m.confusion_matrix[0][1], m.confusion_matrix[1][0]) >= 3  # twins compete
 
 
+def shifted(dets: list[Detections], defects: float = 1.0, alarms: float = 1.0):
+    """The same boxes with the found defects' scores times ``defects`` and the false alarms'
+    (scores below 0.5, mostly) raised towards 1 by ``alarms``: a line whose look changed."""
+    out = []
+    for d in dets:
+        low = d.scores < 0.5
+        scores = np.where(low, 1 - (1 - d.scores) / alarms, d.scores * defects)
+        out.append(Detections(d.image_id, d.boxes, scores, d.labels))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("defects", "alarms", "worse"),
+    [
+        (1.0, 1.0, set()),  # the same process: every rate holds
+        (0.7, 1.0, {"scratch", "crack", "image level"}),  # defects score lower: recall drops
+        (1.0, 1.6, {"good parts flagged"}),  # false alarms score higher: more good parts flagged
+    ],
+)
+def test_promise_check_marks_the_rates_that_got_worse(defects, alarms, worse) -> None:
+    from defectdet.engine.calibrate.promise import check_promise
+    from defectdet.engine.evaluate.metrics import evaluate_detections
+
+    cat_a, dets_a = split(seed=1)
+    op = choose_operating_point(cat_a, dets_a, CalibrateConfig(target_recall="0.8"), "a")
+    cat_b, dets_b = split(seed=2)
+    thresholds = np.array([op.thresholds[c] for c in CLASSES])
+    metrics = evaluate_detections(cat_b, shifted(dets_b, defects, alarms), thresholds)
+    checks = check_promise(op.to_dict(), metrics.to_dict())
+    assert [c.name for c in checks] == [*CLASSES, "image level", "good parts flagged"]
+    assert {c.name for c in checks if c.worse} == worse
+    for c in checks:
+        assert c.worse == (c.p_value < 0.05 and (c.rate > c.promised) == c.lower_is_better)
+    override = metrics.to_dict()
+    override["classes"][1]["threshold"] = 0.99  # --class-conf crack=0.99
+    assert [c.name for c in check_promise(op.to_dict(), override)] == ["scratch"]
+
+
 def test_unreachable_target_keeps_the_lowest_threshold() -> None:
     cat, dets = split(seed=3, miss=0.2)
     op = choose_operating_point(cat, dets, CalibrateConfig(target_recall="crack=0.99"), "val")
@@ -158,6 +196,7 @@ def test_false_alarm_objective_is_the_lowest_threshold_that_keeps_the_rate() -> 
     assert np.mean(flagged) <= 0.1 and op.image.false_alarm_rate == pytest.approx(np.mean(flagged))
     lower = max(s for i in good if (s := best[i]) < t)  # the next threshold down flags more
     assert np.mean([best[i] >= lower for i in good]) > 0.1
+    assert t > 0.25 and op.image.threshold == t  # the image line's threshold is the one used
 
 
 def test_max_f1_matches_a_brute_force_search() -> None:
@@ -244,6 +283,18 @@ def test_calibrate_then_predict_evaluate_and_export_use_the_thresholds(
     assert report["threshold_source"] == "calibrated"
     assert report["thresholds"] == pytest.approx(info["thresholds"])
     assert report["operating_point"]["objective"] == info["objective"]
+    # Scored on the split it was calibrated on: every rate is the one calibration stored.
+    names = [c["name"] for c in report["promise"]]
+    ok_images = report["metrics"]["image_level"]["ok_images"]
+    assert names == [*info["thresholds"], "image level"] + ["good parts flagged"] * bool(ok_images)
+    for c in report["promise"]:
+        assert (c["count"], c["of"]) == (c["promised_count"], c["promised_of"]) and not c["worse"]
+    shown = runner.invoke(app, ["evaluate", data, "-w", str(written), *common])
+    assert "calibrated thresholds: split" in shown.stdout and "worse" not in shown.stdout
+    fixed = runner.invoke(
+        app, ["evaluate", data, "-w", str(written), "--conf", "0.7", *common, "--json", "-"]
+    )
+    assert json.loads(fixed.stdout)["promise"] == []  # not the calibrated thresholds
 
     onnx = tmp_path / "m.onnx"
     assert runner.invoke(app, ["export", "-w", str(written), "--out", str(onnx)]).exit_code == 0

@@ -141,6 +141,13 @@ def test_evaluate_report_numbers_are_the_json(run: Path, tmp_path: Path) -> None
             assert number(row[column]) == c[key], (c["name"], column)
     (image,) = page.tables["image level"]
     assert number(image["AUROC"]) == report["metrics"]["image_level"]["auroc"]
+    promise = page.tables["calibrated thresholds"]  # best.pt was calibrated on the val split
+    assert len(promise) == len(report["promise"]) > 0
+    for row, c in zip(promise, report["promise"], strict=True):
+        assert number(row["here"]) == c["count"] / c["of"] and number(row["p"]) == c["p_value"]
+    text = (tmp_path / "ev" / "report.html").read_text()
+    verdicts = ["worse" if c["worse"] else "holds" for c in report["promise"]]
+    assert "Calibrated thresholds on this data" in text and f">{verdicts[0]}<" in text
 
 
 def test_compare_report_marks_the_best_and_never_overwrites(tmp_path: Path, monkeypatch) -> None:

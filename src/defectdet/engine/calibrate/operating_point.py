@@ -78,6 +78,7 @@ class Evidence:
     false_alarm_rate: float | None  # share of defect-free images flagged at the thresholds
     target: float | None = None
     note: str = ""
+    good_images: int | None = None  # defect-free images the false-alarm rate was measured on
 
 
 @dataclass
@@ -150,9 +151,8 @@ def choose_operating_point(
         for c, t in zip(curves, thresholds, strict=True)
     ]
     image_target = float(targets) if cfg.level == "image" and targets is not None else None
-    image = _image_evidence(
-        flagged, defective, float(thresholds.min(initial=DEFAULT_CONF)), image_target
-    )
+    lowest = float(thresholds.min()) if thresholds.size else DEFAULT_CONF  # flags an image
+    image = _image_evidence(flagged, defective, lowest, image_target)
     notes += [e.note for e in [*classes, image] if e.note]
     return OperatingPoint(
         objective=objective,
@@ -256,6 +256,7 @@ def _class_evidence(
         precision=tp / (tp + fp) if tp + fp else None,
         false_alarm_rate=float(flagged[good].mean()) if good.any() else None,
         target=target,
+        good_images=int(good.sum()),
     )
     ev.note = _thin_evidence(ev, "boxes")
     return ev
@@ -279,6 +280,7 @@ def _image_evidence(
         precision=found / caught if caught else None,
         false_alarm_rate=float(flagged[good].mean()) if good.any() else None,
         target=target,
+        good_images=int(good.sum()),
     )
     ev.note = _thin_evidence(ev, "defective images")
     return ev

@@ -50,6 +50,7 @@ class ClassMetrics:
     recall_low: float | None = None  # 95 % Wilson interval of the recall
     recall_high: float | None = None
     false_alarms_per_image: float | None = None  # boxes of the class on no defect, per image
+    found: int | None = None  # boxes of the class found at the threshold (the recall's count)
 
 
 @dataclass
@@ -164,6 +165,7 @@ def evaluate_detections(
                 low,
                 high,
                 float(cm[-1, k] / n_images),
+                tp,
             )
         )
     truth, score, verdict = image_scores(catalog, detections, thresholds)

@@ -53,6 +53,59 @@ def render_evaluation(report: dict, console: Console) -> None:
             f"good parts in {escape(folder)}: {n['flagged']} of {n['images']} flagged ({rate})"
         )
     console.print(_confusion_table(m))
+    _promise(report, console)
+
+
+PROMISE_COLUMNS = ("rate", "threshold", "when chosen", "here", "p", "verdict")
+"""The promise table's columns (the console and the HTML report show the same)."""
+_RATES = {"image level": "defect recall (images)", "good parts flagged": "good parts flagged"}
+
+
+def promise_title(report: dict) -> str:
+    return (
+        f"calibrated thresholds: split {report['operating_point']['split']} (when chosen) "
+        f"against split {report['split']} (here); Fisher's exact test"
+    )
+
+
+def promise_rows(report: dict) -> list[list[str]]:
+    """One row per calibrated rate: its name, threshold, both rates with counts, p, verdict
+    (worse / holds / better)."""
+    rows = []
+    for c in report.get("promise") or []:
+        verdict = "worse" if c["worse"] else "holds" if c["p_value"] >= 0.05 else "better"
+        rows.append(
+            [
+                _RATES.get(c["name"], f"{c['name']} box recall"),
+                f"{c['threshold']:.3f}",
+                f"{c['promised']:.1%} ({c['promised_count']}/{c['promised_of']})",
+                f"{c['rate']:.1%} ({c['count']}/{c['of']})",
+                f"{c['p_value']:.2g}",
+                verdict,
+            ]
+        )
+    return rows
+
+
+def _promise(report: dict, console: Console) -> None:
+    """The calibrated rates beside those measured here, and a line when one got worse."""
+    rows = promise_rows(report)
+    if not rows:
+        return
+    t = Table(title=promise_title(report), title_justify="left")
+    for col in PROMISE_COLUMNS:
+        t.add_column(col, justify="left" if col in ("rate", "verdict") else "right")
+    for row in rows:
+        t.add_row(*map(escape, row[:-1]), "[red]worse[/]" if row[-1] == "worse" else row[-1])
+    console.print(t)
+    worse = [c["name"] for c in report["promise"] if c["worse"]]
+    if worse:
+        console.print(
+            f"[yellow]note:[/] at the calibrated thresholds, {escape(', '.join(worse))} "
+            "did worse here than when they were chosen, beyond chance: the scores have shifted "
+            f"on this data. Calibrate on data like it: defectdet calibrate DATA -w "
+            f"{escape(report['weights'])}"
+        )
 
 
 def _interval(low: float | None, high: float | None) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 from defectdet.config import PredictConfig, validate
 from defectdet.console import warn
 from defectdet.data.catalog import Catalog
+from defectdet.engine.calibrate.promise import check_promise
 from defectdet.engine.evaluate.metrics import MetricsResult
 from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.gallery import evaluation_items, write_gallery
@@ -124,7 +125,16 @@ def evaluate_checkpoint(
         "pr_curves": metrics.pr_curves,
         "gallery": sheets,
         "negatives": negatives_report(part, dets, thresholds),
+        "promise": promise_report(scored.detector.operating_point, metrics),
     }
+
+
+def promise_report(op: dict | None, metrics: MetricsResult) -> list[dict]:
+    """The calibrated rates against those measured here (:func:`check_promise`); empty when
+    the thresholds are not the checkpoint's calibrated ones."""
+    if not op or not metrics.threshold_source.startswith("calibrated"):
+        return []
+    return [c.to_dict() for c in check_promise(op, metrics.to_dict())]
 
 
 def negatives_report(part: Catalog, dets: list, thresholds: np.ndarray) -> dict[str, dict]:

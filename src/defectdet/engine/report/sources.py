@@ -171,7 +171,30 @@ def evaluate_context(path: Path) -> dict:
     report = json.loads((path / "evaluation.json").read_text(encoding="utf-8"))
     galleries = [Path(p) for p in report.get("gallery", []) if Path(p).is_file()]
     title = f"evaluate {Path(report['weights']).name} on {report['data']} ({report['split']})"
-    return {"title": title, "sections": metrics_sections(report, galleries)}
+    sections = metrics_sections(report, galleries)
+    if report.get("promise"):
+        sections.append(promise_section(report))
+    return {"title": title, "sections": sections}
+
+
+def promise_section(report: dict) -> Section:
+    """The calibrated rates against those measured on the evaluated split."""
+    from defectdet.engine.evaluate.render import PROMISE_COLUMNS, promise_rows, promise_title
+
+    section = Section(
+        "Calibrated thresholds on this data",
+        "Each rate calibration measured when it chose the thresholds, beside the same rate "
+        "here; 'worse' means beyond chance (Fisher's exact test, 5 %): the scores have shifted, "
+        "so calibrate on data like this.",
+    )
+    rows = []
+    for text, c in zip(promise_rows(report), report["promise"], strict=True):
+        values = (c["threshold"], c["promised"], c["rate"], c["p_value"])
+        numbers = [Cell(t, v) for t, v in zip(text[1:5], values, strict=True)]
+        rows.append([label(text[0]), *numbers, label(text[5])])
+    section.text = [promise_title(report)]
+    section.tables = [("calibrated thresholds", list(PROMISE_COLUMNS), rows)]
+    return section
 
 
 # ---------------------------------------------------------------------------- train
