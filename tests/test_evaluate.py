@@ -245,3 +245,49 @@ def test_cli_evaluate_prints_tables_json_and_plots(coco_dataset: Path, tmp_path_
     assert json.loads(as_json.stdout)["metrics"]["image_level"]["images"] == 4
     missing = runner.invoke(app, [*base, "--split", "val"])
     assert missing.exit_code == 2 and "--split 'val'" in missing.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A one-epoch CLI run on data with train and val splits (its folder holds data/ and r/)."""
+    from conftest import TINY_MODEL_ARGS
+    from test_train import make_easy_dataset
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = make_easy_dataset(tmp / "data")
+    args = ["train", str(data), "--project", str(tmp), "--name", "r", "--epochs", "1"]
+    res = CliRunner().invoke(app, [*args, "--batch-size", "4", *TINY_MODEL_ARGS])
+    assert res.exit_code == 0, res.output
+    return tmp
+
+
+@pytest.mark.slow
+def test_evaluate_and_calibrate_leave_out_the_training_images(trained_run, tmp_path) -> None:
+    from defectdet.model import load_checkpoint
+
+    data, weights = trained_run / "data", trained_run / "r" / "weights" / "best.pt"
+    catalog = load_dataset(data)
+    train, val = catalog.split_subset("train"), catalog.split_subset("val")
+    assert set(load_checkpoint(weights)["trained_on"]) == set(train.image_keys())
+    runner, common = CliRunner(), ["-w", str(weights), "--workers", "0"]
+
+    res = runner.invoke(app, ["evaluate", str(data), "--split", "all", *common, "--json", "-"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["images"] == val.num_images
+    total = train.num_images + val.num_images
+    assert f"left out {train.num_images} of the {total} images" in res.stderr
+    own = runner.invoke(app, ["evaluate", str(data), "--split", "train", *common, "--json", "-"])
+    assert json.loads(own.stdout)["images"] == train.num_images  # asked for: kept
+    assert "left out" not in own.stderr
+
+    out = tmp_path / "c.pt"
+    cal = ["calibrate", str(data), "--split", "all", *common, "--out", str(out), "--json"]
+    res = runner.invoke(app, cal)
+    assert res.exit_code == 0, res.output
+    defective = int((~val.background_mask()).sum())
+    assert json.loads(res.stdout)["image"]["examples"] == defective  # val's defective images
+    assert load_checkpoint(out)["trained_on"] == load_checkpoint(weights)["trained_on"]
+
+    only_train = runner.invoke(app, ["evaluate", str(data / "train.json"), *common])
+    assert only_train.exit_code != 0 and "were used to train this model" in only_train.stderr
+    assert "Traceback" not in only_train.output

@@ -50,6 +50,11 @@ class Catalog:
     def path_of(self, file_name: str) -> Path:
         return self.root / file_name
 
+    def image_keys(self) -> list[str]:
+        """Each image's resolved absolute path (catalogue order): the key that tells whether two
+        catalogues, loaded from different annotation files or folders, share an image."""
+        return [str(self.path_of(f).resolve()) for f in self.images["file_name"]]
+
     def splits(self) -> list[str]:
         """Split names present, in a conventional order (train, val, test, then others)."""
         present = [s for s in self.images["split"].unique() if s]

@@ -15,14 +15,23 @@ from defectdet.engine.calibrate.operating_point import (
     OperatingPoint,
     choose_operating_point,
 )
-from defectdet.engine.evaluate.run import choose_split, class_mapping
+from defectdet.engine.evaluate.run import choose_split, class_mapping, leave_out_trained
 from defectdet.engine.evaluate.score import detect_catalog
 from defectdet.engine.inference.detectors import Detector
 from defectdet.engine.inference.run import Inference
 from defectdet.errors import ConfigError, OutputExistsError
 
 #: What a calibrated checkpoint keeps of its source (not the optimiser state of a last.pt).
-INFERENCE_KEYS = ("kind", "version", "model", "model_spec", "config", "classes", "epoch")
+INFERENCE_KEYS = (
+    "kind",
+    "version",
+    "model",
+    "model_spec",
+    "config",
+    "classes",
+    "epoch",
+    "trained_on",
+)
 
 
 def calibrate_detector(
@@ -77,6 +86,7 @@ def calibrate_checkpoint(
     part, split = choose_split(catalog, split)
     rt = cfg.runtime
     detector = TorchDetector.from_checkpoint(weights, resolve_device(rt.device))
+    part = leave_out_trained(part, detector.trained_on, split)
     op = calibrate_detector(
         detector, part, cfg.calibrate, split, rt.batch_size, rt.workers, cfg.tiles
     )

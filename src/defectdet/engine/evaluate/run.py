@@ -21,7 +21,7 @@ from defectdet.engine.calibrate.promise import check_promise
 from defectdet.engine.evaluate.metrics import MetricsResult
 from defectdet.engine.evaluate.score import score_catalog
 from defectdet.engine.gallery import evaluation_items, write_gallery
-from defectdet.errors import ConfigError
+from defectdet.errors import ConfigError, DataError
 
 EVAL_SPLITS = ("val", "valid", "validation", "test")
 
@@ -57,6 +57,29 @@ def class_mapping(model_classes: list[str], data_classes: list[str]) -> np.ndarr
     return np.array([data_classes.index(c) for c in model_classes], dtype=np.int64)
 
 
+def leave_out_trained(part: Catalog, trained_on: frozenset[str], split: str) -> Catalog:
+    """``part`` without the images the model was trained on (``trained_on``: their resolved
+    paths, from the checkpoint), said in one line; ``--split train`` keeps them on purpose.
+    Scoring a model on what it learned from flatters it, most of all on the rare class."""
+    if not trained_on or split == "train":
+        return part
+    keys = part.image_keys()
+    keep = [i for i, k in zip(part.images["image_id"], keys, strict=True) if k not in trained_on]
+    left = part.num_images - len(keep)
+    if left == 0:
+        return part
+    if not keep:
+        raise DataError(
+            f"all {left} images of split {split} were used to train this model: score it on "
+            "images it has not seen"
+        )
+    warn(
+        f"left out {left} of the {part.num_images} images: the model was trained on them "
+        f"(scores on them flatter it); scoring the other {len(keep)}"
+    )
+    return part.subset(keep)
+
+
 @dataclass
 class Scored:
     """A checkpoint scored on a catalogue part: what :func:`evaluate_checkpoint` reports from."""
@@ -83,6 +106,7 @@ def score_checkpoint(
     part, split = choose_split(catalog, split)
     part = catalog.subset([*part.images["image_id"], *catalog.negative_ids()])  # good parts too
     detector = load_detector(weights, rt.backend, device, rt.half)
+    part = leave_out_trained(part, detector.trained_on, split)
     mapping = class_mapping(detector.class_names, part.classes)
     t0 = time.perf_counter()
     metrics, dets = score_catalog(

@@ -32,6 +32,7 @@ class Detector(Protocol):
     class_names: list[str]
     image_size: int
     operating_point: dict | None  # calibrated thresholds and their evidence, when stored
+    trained_on: frozenset[str]  # resolved paths of the training images, when stored
     train_tile: int  # the tile size the model was trained on; inference tiles so by default
     image_head: bool  # the model scores each image as a whole too (``image_score``)
 
@@ -57,6 +58,7 @@ class TorchDetector:
         self.device, self.amp, self.channels_last = device, amp, channels_last
         self.dtype = dtype or amp_dtype(device)
         self.operating_point: dict | None = None
+        self.trained_on: frozenset[str] = frozenset()
         self.train_tile = 0  # the tile size the model was trained on (0 = whole images)
         self.image_head = getattr(model.head, "image_head", None) is not None
 
@@ -88,6 +90,7 @@ class TorchDetector:
         model = prepare_model(model, device, channels_last).eval()
         detector = cls.for_spec(model, spec, device, half, channels_last, torch.float16)
         detector.operating_point = ckpt.get("operating_point") or None
+        detector.trained_on = frozenset(ckpt.get("trained_on") or ())
         return detector
 
     def configure(self, settings: PostprocessSettings) -> None:
@@ -141,6 +144,7 @@ class OnnxDetector:
             int(meta.get("topk_candidates", 1000)),
         )
         self.operating_point = json.loads(meta.get("operating_point") or "null")
+        self.trained_on = frozenset()  # a deployment file does not list the training images
         self.train_tile = int(meta.get("train_tile") or 0)
         self.image_head = len(self.session.get_outputs()) > 3  # image_logits after anchors
 

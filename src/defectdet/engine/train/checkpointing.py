@@ -32,6 +32,8 @@ class CheckpointMixin:
             "classes": list(self.resolved.spec.class_names),
             "epoch": self.state["epoch"],
             "metrics": metrics.to_dict() if metrics is not None else {},
+            # so evaluate and calibrate never score the model on images it learned from
+            "trained_on": self.data.train.image_keys(),
         }
         if full:
             payload |= {
