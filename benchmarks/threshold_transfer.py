@@ -19,9 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from defectdet.engine.calibrate.promise import check_promise
-
-RATES = {"image level": "defect recall (images)", "good parts flagged": "good parts flagged"}
+from defectdet.engine.calibrate.promise import RATE_NAMES, check_promise
 
 
 def table(name: str, checks: list[dict]) -> str:
@@ -32,9 +30,9 @@ def table(name: str, checks: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for c in checks:
-        verdict = "**worse**" if c["worse"] else "holds" if c["p_value"] >= 0.05 else "better"
+        verdict = "**worse**" if c["worse"] else c["verdict"]
         lines.append(
-            f"| {RATES.get(c['name'], c['name'] + ' box recall')} | {c['threshold']:.3f} "
+            f"| {c['label']} | {c['threshold']:.3f} "
             f"| {c['promised']:.1%} ({c['promised_count']}/{c['promised_of']}) "
             f"| {c['rate']:.1%} ({c['count']}/{c['of']}) | {c['p_value']:.2g} | {verdict} |"
         )
@@ -58,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         return 0
     print("\n\n".join(table(name, checks) for name, checks in result.items()))
-    boxes = [c for cs in result.values() for c in cs if c["name"] not in RATES]
-    worse = sum(c["worse"] for c in boxes)
-    better = sum(c["p_value"] < 0.05 and not c["worse"] for c in boxes)
+    boxes = [c for cs in result.values() for c in cs if c["name"] not in RATE_NAMES]
+    worse = sum(c["verdict"] == "worse" for c in boxes)
+    better = sum(c["verdict"] == "better" for c in boxes)
     print(f"\n{len(boxes)} class thresholds: worse beyond chance {worse}, better {better}.")
     return 0
 

@@ -19,6 +19,9 @@ from typing import Any
 ALPHA = 0.05
 """Significance of the test that marks a rate as worse than its promise."""
 
+RATE_NAMES = {"image level": "defect recall (images)", "good parts flagged": "good parts flagged"}
+"""How tables name the image-level rates; a class's row is its box recall."""
+
 
 @dataclass
 class PromiseCheck:
@@ -42,8 +45,20 @@ class PromiseCheck:
     def rate(self) -> float:
         return self.count / self.of
 
+    @property
+    def verdict(self) -> str:
+        """worse or better beyond chance, else holds."""
+        if self.p_value >= ALPHA:
+            return "holds"
+        return "worse" if self.worse else "better"
+
+    @property
+    def label(self) -> str:
+        return RATE_NAMES.get(self.name, f"{self.name} box recall")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"promised": self.promised, "rate": self.rate}
+        extra = {"promised": self.promised, "rate": self.rate, "verdict": self.verdict}
+        return asdict(self) | extra | {"label": self.label}
 
 
 def check_promise(op: dict[str, Any], metrics: dict[str, Any]) -> list[PromiseCheck]:

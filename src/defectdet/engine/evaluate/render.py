@@ -58,7 +58,6 @@ def render_evaluation(report: dict, console: Console) -> None:
 
 PROMISE_COLUMNS = ("rate", "threshold", "when chosen", "here", "p", "verdict")
 """The promise table's columns (the console and the HTML report show the same)."""
-_RATES = {"image level": "defect recall (images)", "good parts flagged": "good parts flagged"}
 
 
 def promise_title(report: dict) -> str:
@@ -73,15 +72,14 @@ def promise_rows(report: dict) -> list[list[str]]:
     (worse / holds / better)."""
     rows = []
     for c in report.get("promise") or []:
-        verdict = "worse" if c["worse"] else "holds" if c["p_value"] >= 0.05 else "better"
         rows.append(
             [
-                _RATES.get(c["name"], f"{c['name']} box recall"),
+                c["label"],
                 f"{c['threshold']:.3f}",
                 f"{c['promised']:.1%} ({c['promised_count']}/{c['promised_of']})",
                 f"{c['rate']:.1%} ({c['count']}/{c['of']})",
                 f"{c['p_value']:.2g}",
-                verdict,
+                c["verdict"],
             ]
         )
     return rows

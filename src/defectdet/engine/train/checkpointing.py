@@ -33,7 +33,7 @@ class CheckpointMixin:
             "epoch": self.state["epoch"],
             "metrics": metrics.to_dict() if metrics is not None else {},
             # so evaluate and calibrate never score the model on images it learned from
-            "trained_on": self.data.train.image_keys(),
+            "trained_on": self.data.trained_on,
         }
         if full:
             payload |= {

@@ -9,6 +9,7 @@ data) the run can be reproduced exactly.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ class RunData:
     catalog: Catalog
     train: Catalog
     val: Catalog
+
+    @functools.cached_property
+    def trained_on(self) -> list[str]:
+        """The training images' resolved paths, for every checkpoint (resolved once)."""
+        return self.train.image_keys()
 
 
 def load_run_data(cfg: TrainConfig) -> RunData:
